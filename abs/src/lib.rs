@@ -1,1 +1,239 @@
-//! placeholder
+//! The reference ABS: the bank's core system as Arbat sees it, in-process by default.
+//!
+//! # Layout
+//!
+//! - [`demo`]: the demo customers and their products (API.md "Demo data").
+//! - [`Abs`]: postings to accounts (idempotent by posting id) that publish Cache Control
+//!   changes through a [`ChangeSink`] exactly as a bank's ABS adapter would, and the
+//!   request/reply commands on `abs.cmd.*` that customer actors use at first activation.
+//!
+//! The ABS keeps its own tables in the node's store ([`AbsStore`]); the full double-entry
+//! ledger comes with the payments work.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use domain::{Product, ProductKind, Profile};
+use futures::StreamExt;
+use kernel::bus::{Bus, subjects};
+use kernel::change::{ChangeSink, SinkError};
+use kernel::store::{AbsPosting, AbsProduct, AbsStore, Store, StoreError};
+use kernel::{Change, ChangeBody, Currency, CustomerId, Money};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub mod demo;
+
+/// A posting request as the admin endpoint and the CLI send it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PostingRequest {
+    /// Idempotency: the same id posts once.
+    pub id: String,
+    pub account_id: String,
+    pub amount: Money,
+    pub description: String,
+    #[serde(default)]
+    pub mcc: Option<String>,
+    #[serde(default)]
+    pub counterparty: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PostingOutcome {
+    pub customer_id: CustomerId,
+    pub balance: Money,
+    pub duplicate: bool,
+    /// Ids of the Cache Control changes published for this posting.
+    pub change_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbsError {
+    #[error("no such account")]
+    UnknownAccount,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("invalid posting: {0}")]
+    Invalid(String),
+    #[error("ABS unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl AbsError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AbsError::UnknownAccount => "unknown_account",
+            AbsError::InsufficientFunds => "insufficient_funds",
+            AbsError::Invalid(_) => "invalid_posting",
+            AbsError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// The reference ABS.
+#[derive(Clone)]
+pub struct Abs {
+    store: Arc<dyn Store>,
+    sink: Arc<dyn ChangeSink>,
+}
+
+impl Abs {
+    pub fn new(store: Arc<dyn Store>, sink: Arc<dyn ChangeSink>) -> Self {
+        Self { store, sink }
+    }
+
+    /// Posts to an account and publishes `transaction_posted` and `balance_changed`.
+    ///
+    /// A repeated posting id moves no money and publishes the same change ids again, so a
+    /// caller that lost the answer can retry safely (the platform drops the duplicates).
+    pub async fn post(&self, request: &PostingRequest) -> Result<PostingOutcome, AbsError> {
+        if request.id.is_empty() || request.id.len() > 100 || request.amount.minor == 0 {
+            return Err(AbsError::Invalid("id must be 1 to 100 characters and amount non-zero".into()));
+        }
+        let products = self.store.abs_products_of_account(&request.account_id).await;
+        let product = products.map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        let Some(product) = product else { return Err(AbsError::UnknownAccount) };
+        if product.currency != request.amount.currency.code() {
+            return Err(AbsError::Invalid("currency differs from the account's".into()));
+        }
+        let floor_minor = if product.kind == "loan" { i64::MIN } else { 0 };
+        let posting = AbsPosting {
+            id: request.id.clone(),
+            account_id: request.account_id.clone(),
+            amount_minor: request.amount.minor,
+            floor_minor,
+            description: request.description.clone(),
+            mcc: request.mcc.clone(),
+            counterparty: request.counterparty.clone(),
+        };
+        let result = self.store.abs_post(&posting).await.map_err(|e| match e {
+            StoreError::NotFound => AbsError::UnknownAccount,
+            StoreError::Refused(_) => AbsError::InsufficientFunds,
+            other => AbsError::Unavailable(other.to_string()),
+        })?;
+        let currency = Currency::parse(&result.currency).map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        let balance = Money::new(result.balance_minor, currency);
+        let changes = vec![
+            Change {
+                id: format!("tx-{}", request.id),
+                customer_id: result.customer_id.clone(),
+                at: result.at,
+                body: ChangeBody::TransactionPosted {
+                    account_id: request.account_id.clone(),
+                    amount: request.amount,
+                    balance,
+                    description: request.description.clone(),
+                    mcc: request.mcc.clone(),
+                    counterparty: request.counterparty.clone(),
+                },
+            },
+            Change {
+                id: format!("bal-{}", request.id),
+                customer_id: result.customer_id.clone(),
+                at: result.at,
+                body: ChangeBody::BalanceChanged {
+                    account_id: request.account_id.clone(),
+                    balance,
+                },
+            },
+        ];
+        let change_ids = changes.iter().map(|c| c.id.clone()).collect();
+        self.sink.submit(changes).await.map_err(|e| match e {
+            SinkError::UnknownCustomer(c) => AbsError::Invalid(format!("unknown customer {c}")),
+            SinkError::Unavailable(m) => AbsError::Unavailable(m),
+        })?;
+        Ok(PostingOutcome {
+            customer_id: result.customer_id,
+            balance,
+            duplicate: result.duplicate,
+            change_ids,
+        })
+    }
+
+    /// The customer's profile and products, as actors ask for them at first activation.
+    pub async fn profile(&self, id: &CustomerId) -> Result<Option<Profile>, StoreError> {
+        let Some(customer) = self.store.abs_customer(id).await? else { return Ok(None) };
+        let products = self.store.abs_products(id).await?;
+        Ok(Some(Profile {
+            customer_id: customer.id,
+            name: customer.name,
+            phone: customer.phone,
+            language: customer.language,
+            products: products.into_iter().filter_map(to_product).collect(),
+        }))
+    }
+
+    /// Answers `abs.cmd.customer.get` on the bus until the bus closes. Every node runs it
+    /// in a queue group, so any node's ABS answers.
+    pub async fn serve(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
+        let mut requests = bus
+            .queue_subscribe(&subjects::abs_command("customer.get"), "abs")
+            .await?;
+        while let Some(message) = requests.next().await {
+            let Some(reply) = message.reply else { continue };
+            let abs = self.clone();
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let answer = abs.answer_customer_get(&message.payload).await;
+                let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn answer_customer_get(&self, payload: &[u8]) -> Value {
+        #[derive(Deserialize)]
+        struct Ask {
+            customer_id: CustomerId,
+        }
+        let error = |code: &str, detail: &str| json!({"err": {"code": code, "detail": detail}});
+        let Ok(ask) = serde_json::from_slice::<Ask>(payload) else {
+            return error("bad_request", "expected {\"customer_id\"}");
+        };
+        match self.profile(&ask.customer_id).await {
+            Ok(Some(profile)) => json!({"ok": profile}),
+            Ok(None) => error("not_found", "no such customer"),
+            Err(e) => error("unavailable", &e.to_string()),
+        }
+    }
+}
+
+fn to_product(product: AbsProduct) -> Option<Product> {
+    let kind = ProductKind::parse(&product.kind)?;
+    let currency = Currency::parse(&product.currency).ok()?;
+    let balance = match kind {
+        ProductKind::Card => None,
+        _ => Some(Money::new(product.balance_minor, currency)),
+    };
+    let details = match product.details {
+        Value::Object(map) => map,
+        _ => Default::default(),
+    };
+    Some(Product {
+        id: product.id,
+        kind,
+        title: product.title,
+        status: product.status,
+        balance,
+        details,
+    })
+}
+
+/// Lookup of one account's product, by scanning the owner's products (the account id
+/// carries the customer number in the demo data; a real ABS indexes it).
+#[async_trait::async_trait]
+trait AccountLookup {
+    async fn abs_products_of_account(&self, account_id: &str) -> Result<Option<AbsProduct>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: AbsStore + ?Sized> AccountLookup for S {
+    async fn abs_products_of_account(&self, account_id: &str) -> Result<Option<AbsProduct>, StoreError> {
+        let Some(owner) = demo::owner_of_product(account_id) else { return Ok(None) };
+        Ok(self
+            .abs_products(&owner)
+            .await?
+            .into_iter()
+            .find(|p| p.id == account_id))
+    }
+}

@@ -1,1 +1,17 @@
-//! placeholder
+//! Arbat's banking rules as pure state machines: no I/O, no clocks, no randomness.
+//!
+//! # Layout
+//!
+//! - [`customer`]: a customer's hot state (profile, products, recent transactions, journal
+//!   version) and its two functions: [`CustomerState::decide`] turns a Cache Control change
+//!   into event drafts or a rejection, [`CustomerState::apply`] folds a committed event into
+//!   the state. Replaying the journal through `apply` rebuilds the same state.
+//! - [`views`]: what the API reads from the state (products, transaction pages).
+//!
+//! The actor shell (actors crate) assigns sequence numbers, commits events to the store and
+//! only then calls `apply`, so the state never runs ahead of the journal.
+
+pub mod customer;
+pub mod views;
+
+pub use customer::{CustomerState, EventDraft, Product, ProductKind, Profile, Rejection, Transaction};

@@ -179,3 +179,26 @@ mod tests {
         }
     }
 }
+
+/// Where accepted changes go: straight to the owning actors when embedded, to the
+/// `ABS_EVENTS` JetStream stream in a cluster. `submit` returns once they are durable.
+#[async_trait::async_trait]
+pub trait ChangeSink: Send + Sync + 'static {
+    async fn submit(&self, changes: Vec<Change>) -> Result<SubmitReport, SinkError>;
+}
+
+/// What happened to submitted changes (embedded sinks know at once; a stream only accepts).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubmitReport {
+    pub accepted: usize,
+    /// Refused by the customer's rules: (change id, stable code, detail).
+    pub rejected: Vec<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    #[error("unknown customer {0}")]
+    UnknownCustomer(String),
+    #[error("changes could not be made durable: {0}")]
+    Unavailable(String),
+}

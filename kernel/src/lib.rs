@@ -15,6 +15,7 @@ pub mod bus;
 pub mod change;
 pub mod event;
 pub mod ids;
+pub mod metrics;
 pub mod money;
 pub mod store;
 

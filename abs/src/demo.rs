@@ -1,0 +1,99 @@
+//! Demo customers (API.md): `+79990000001` … `+79990000100` are registered for remote
+//! banking (the node seeds their logins); `+79990000101` … `+79990000200` are known to the
+//! ABS only, so registration can be shown. Every one has a RUB current account with a
+//! balance, a card, a deposit and a loan.
+
+use kernel::CustomerId;
+use kernel::store::{AbsCustomer, AbsProduct, AbsStore, StoreError};
+use serde_json::json;
+
+/// Customers the ABS knows.
+pub const ABS_CUSTOMERS: u32 = 200;
+/// Of those, the ones seeded with a remote-banking login.
+pub const REGISTERED_CUSTOMERS: u32 = 100;
+/// The demo password (documented in the README and printed at start).
+pub const DEMO_PASSWORD: &str = "arbat-demo";
+
+pub fn customer_id(n: u32) -> CustomerId {
+    CustomerId::parse(&format!("c{n:06}")).unwrap_or_else(|_| unreachable_id())
+}
+
+fn unreachable_id() -> CustomerId {
+    // Six digits after a letter always form a valid id; this keeps the code panic-free.
+    CustomerId::parse("c000000").unwrap_or_else(|_| unreachable_id())
+}
+
+pub fn phone(n: u32) -> String {
+    format!("+7999{n:07}")
+}
+
+/// The demo customer that owns a demo product id (`a000001` → `c000001`).
+pub fn owner_of_product(product_id: &str) -> Option<CustomerId> {
+    let digits = product_id.get(1..)?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    CustomerId::parse(&format!("c{digits}")).ok()
+}
+
+const NAMES: [&str; 8] = [
+    "Anna Ivanova", "Boris Petrov", "Vera Sokolova", "Gleb Smirnov",
+    "Daria Kuznetsova", "Egor Popov", "Zoya Volkova", "Ivan Morozov",
+];
+
+/// Customer `n` with its products.
+pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
+    let id = customer_id(n);
+    let customer = AbsCustomer {
+        id: id.clone(),
+        phone: phone(n),
+        name: NAMES[(n as usize) % NAMES.len()].to_owned(),
+        language: if n % 2 == 1 { "ru" } else { "en" }.to_owned(),
+    };
+    let product = |prefix: &str, kind: &str, title: &str, balance_minor: i64, details| AbsProduct {
+        id: format!("{prefix}{n:06}"),
+        customer_id: id.clone(),
+        kind: kind.to_owned(),
+        title: title.to_owned(),
+        status: "active".to_owned(),
+        currency: "RUB".to_owned(),
+        balance_minor,
+        details,
+    };
+    let last4 = format!("{:04}", n % 10_000);
+    let products = vec![
+        product("a", "account", "Current account", 15_000_000 + i64::from(n) * 100, json!({"number": format!("40817810{n:012}")})),
+        product("k", "card", "Debit card", 0, json!({"pan_masked": format!("220220******{last4}"), "account_id": format!("a{n:06}"), "expires": "12/29"})),
+        product("d", "deposit", "Savings deposit", 50_000_000, json!({"rate": "12.5", "ends": "2027-12-31"})),
+        product("l", "loan", "Consumer loan", 30_000_000, json!({"rate": "19.9", "next_payment": {"date": "2027-01-15", "amount": {"amount": "10250.00", "currency": "RUB"}}})),
+    ];
+    (customer, products)
+}
+
+/// Seeds every demo customer unless present; returns how many were new.
+pub async fn seed(store: &dyn AbsStore) -> Result<u32, StoreError> {
+    let mut inserted = 0;
+    for n in 1..=ABS_CUSTOMERS {
+        let (customer, products) = customer(n);
+        if store.abs_seed(&customer, &products).await? {
+            inserted += 1;
+        }
+    }
+    Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_ids_and_phones() {
+        assert_eq!(customer_id(1).as_str(), "c000001");
+        assert_eq!(phone(1), "+79990000001");
+        assert_eq!(phone(200), "+79990000200");
+        assert_eq!(owner_of_product("a000042"), Some(customer_id(42)));
+        assert_eq!(owner_of_product("a42"), None);
+        let (_, products) = customer(7);
+        assert!(products.iter().any(|p| p.details["pan_masked"] == "220220******0007"));
+    }
+}

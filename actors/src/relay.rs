@@ -1,0 +1,102 @@
+//! The outbox relay: publishes what commits enqueued, then deletes it.
+//!
+//! The fast path hands freshly committed rows over a bounded channel, so a live event
+//! leaves the node right after its commit. Whatever the fast path could not take (a full
+//! channel, a crash between commit and publish) stays in the outbox table and a periodic
+//! sweep publishes it. Consumers deduplicate by seq, so a row published twice is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kernel::bus::Bus;
+use kernel::metrics;
+use kernel::store::{OutboxMessage, Store};
+use tokio::sync::{mpsc, watch};
+
+const FAST_PATH_CAPACITY: usize = 4096;
+const BATCH: usize = 256;
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub(crate) struct Relay {
+    tx: mpsc::Sender<(Vec<i64>, Vec<OutboxMessage>)>,
+}
+
+impl Relay {
+    pub(crate) fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, shutdown: watch::Receiver<bool>) -> Self {
+        let (tx, rx) = mpsc::channel(FAST_PATH_CAPACITY);
+        tokio::spawn(run(store, bus, rx, shutdown));
+        Self { tx }
+    }
+
+    /// Hands committed rows to the relay without waiting; if it is saturated the sweep
+    /// publishes them a little later.
+    pub(crate) fn publish(&self, ids: Vec<i64>, messages: Vec<OutboxMessage>) {
+        if ids.is_empty() {
+            return;
+        }
+        if self.tx.try_send((ids, messages)).is_err() {
+            tracing::debug!("outbox relay saturated; rows left for the sweep");
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    mut rx: mpsc::Receiver<(Vec<i64>, Vec<OutboxMessage>)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                let mut ids = first.0;
+                let mut messages = first.1;
+                while ids.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok((more_ids, more)) => {
+                            ids.extend(more_ids);
+                            messages.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                publish_and_delete(&*store, &*bus, ids, messages).await;
+            }
+            _ = sweep.tick() => {
+                match store.outbox_pending(BATCH as u32).await {
+                    Ok(rows) => {
+                        metrics::OUTBOX_LAG.set(rows.len() as i64);
+                        if rows.is_empty() { continue; }
+                        let ids = rows.iter().map(|r| r.id).collect();
+                        let messages = rows
+                            .into_iter()
+                            .map(|r| OutboxMessage { subject: r.subject, payload: r.payload })
+                            .collect();
+                        publish_and_delete(&*store, &*bus, ids, messages).await;
+                    }
+                    Err(error) => tracing::warn!(%error, "outbox sweep failed"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn publish_and_delete(store: &dyn Store, bus: &dyn Bus, ids: Vec<i64>, messages: Vec<OutboxMessage>) {
+    for message in messages {
+        if let Err(error) = bus.publish(&message.subject, Bytes::from(message.payload)).await {
+            // Leave the rows: the sweep retries them.
+            tracing::warn!(%error, "outbox publish failed");
+            return;
+        }
+        metrics::OUTBOX_PUBLISHED.inc();
+    }
+    if let Err(error) = store.outbox_delete(&ids).await {
+        tracing::warn!(%error, "outbox delete failed; rows will be published again");
+    }
+}

@@ -1,0 +1,184 @@
+//! Assembles and runs one node: store, bus, actors, ABS, gateway; then drains on shutdown.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actors::{ActorRuntime, LocalSink, Node};
+use anyhow::Context as _;
+use channels::{DummyHash, Gateway, Hub, TokenKeys};
+use kernel::bus::Bus;
+use kernel::change::ChangeSink;
+use kernel::store::{Credential, Store};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, Mode};
+
+/// Runs a node on `listener` until `shutdown` turns true, then drains within the grace
+/// period. Tests call this with a listener on port 0.
+pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    let database_url = match &config.mode {
+        Mode::Embedded => None,
+        Mode::Cluster { database_url, .. } => Some(database_url.as_str()),
+    };
+    let store: Arc<dyn Store> = store::open(database_url, &config.data_dir)
+        .await
+        .context("opening the store")?;
+
+    // The bus, and in a cluster the durable streams and the partition leases.
+    let partitions = config.actors.partitions;
+    let mut lease_manager = None;
+    let mut jetstream = None;
+    let (bus, owned): (Arc<dyn Bus>, watch::Receiver<BTreeSet<u32>>) = match &config.mode {
+        Mode::Embedded => {
+            let (_tx, rx) = watch::channel((0..partitions).collect());
+            // The sender must outlive the node: keep it in a task that ends at shutdown.
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                drop(_tx);
+            });
+            (Arc::new(bus::InProcessBus::new()), rx)
+        }
+        Mode::Cluster { nats_url, .. } => {
+            let nats = bus::NatsBus::connect(nats_url).await.context("connecting to NATS")?;
+            let js = nats.jetstream();
+            bus::jetstream::ensure_abs_stream(&js, partitions).await.context("creating the ABS_EVENTS stream")?;
+            bus::jetstream::ensure_dlq_stream(&js).await.context("creating the dead-letter stream")?;
+            let mut stop = shutdown.clone();
+            let (manager, owned) = bus::LeaseManager::start(
+                js.clone(),
+                &config.node_id,
+                partitions,
+                config.lease_ttl,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                },
+            )
+            .await
+            .context("starting partition leases")?;
+            lease_manager = Some(manager);
+            jetstream = Some(js);
+            (Arc::new(nats), owned)
+        }
+    };
+
+    let runtime = ActorRuntime::start(config.actor_threads).context("starting actor threads")?;
+    let node = Node::start(
+        config.actors.clone(),
+        store.clone(),
+        bus.clone(),
+        &runtime,
+        owned,
+        jetstream.is_some(),
+        shutdown.clone(),
+    );
+    let sink: Arc<dyn ChangeSink> = match &jetstream {
+        None => Arc::new(LocalSink::new(node.clone())),
+        Some(js) => {
+            tokio::spawn(actors::ingest::run_partition_consumers(node.clone(), js.clone(), shutdown.clone()));
+            Arc::new(actors::ingest::JetStreamSink::new(js.clone()))
+        }
+    };
+
+    // The reference ABS answers on the bus from every node (a queue group).
+    let abs = abs::Abs::new(store.clone(), sink.clone());
+    if config.demo {
+        let added = abs::demo::seed(&*store).await.context("seeding the demo ABS")?;
+        seed_demo_logins(&*store).await?;
+        tracing::info!(added, "demo data seeded");
+    }
+    tokio::spawn(abs.clone().serve(bus.clone()));
+
+    let mut candidate = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut candidate);
+    let token_secret = store.secret("access_token_key_1", &candidate).await.context("loading the token key")?;
+    let (backoffice_key, generated_key) = match &config.backoffice_key {
+        Some(key) => (key.clone(), false),
+        None => (random_key(), true),
+    };
+
+    let mut gateway_config = config.gateway.clone();
+    gateway_config.backoffice_key = backoffice_key.clone();
+    let gateway = Arc::new(Gateway {
+        node: node.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        sink,
+        abs: Some(abs),
+        tokens: TokenKeys::new("1", token_secret),
+        dummy_hash: DummyHash::generate(),
+        config: gateway_config,
+        hub: Hub::new(bus.clone()),
+        sockets: Default::default(),
+        shutdown: shutdown.clone(),
+    });
+
+    announce(&config, address, generated_key.then_some(backoffice_key.as_str()));
+    let server = tokio::spawn(channels::run(listener, gateway));
+
+    // Run until the shutdown flag, then give requests in flight the grace period.
+    let mut stop = shutdown.clone();
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    tracing::info!(grace_period_ms = config.grace_period.as_millis() as u64, "draining");
+    if tokio::time::timeout(config.grace_period, server).await.is_err() {
+        tracing::warn!("grace period over; closing what is left");
+    }
+    if let Some(manager) = lease_manager {
+        manager.stop().await;
+    }
+    bus.flush().await.ok();
+    runtime.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn seed_demo_logins(store: &dyn Store) -> anyhow::Result<()> {
+    // One hash for the shared, published demo password: argon2 per customer would make
+    // start-up slow for nothing (the password is documented anyway).
+    let mut hash = None;
+    for n in 1..=abs::demo::REGISTERED_CUSTOMERS {
+        let login = abs::demo::phone(n);
+        if store.credential(&login).await?.is_some() {
+            continue;
+        }
+        let password_hash = match &hash {
+            Some(hash) => String::clone(hash),
+            None => {
+                let new = channels::hash_password(abs::demo::DEMO_PASSWORD).map_err(anyhow::Error::msg)?;
+                hash = Some(new.clone());
+                new
+            }
+        };
+        store
+            .insert_credential(&Credential { login, customer_id: abs::demo::customer_id(n), password_hash })
+            .await?;
+    }
+    Ok(())
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn announce(config: &Config, address: std::net::SocketAddr, generated_key: Option<&str>) {
+    let mode = match &config.mode {
+        Mode::Embedded => format!("embedded, data in {}", config.data_dir.display()),
+        Mode::Cluster { .. } => format!("cluster node {}", config.node_id),
+    };
+    println!("Arbat is listening on http://{address} ({mode})");
+    println!("  REST: http://{address}/v1   WebSocket: ws://{address}/v1/ws   metrics: http://{address}/metrics");
+    if config.demo {
+        println!(
+            "  Demo: log in with POST /v1/auth/login {{\"login\": \"+79990000001\", \"password\": \"{}\", \"device_id\": \"demo\"}} (logins +79990000001 … +79990000100)",
+            abs::demo::DEMO_PASSWORD
+        );
+    }
+    if let Some(key) = generated_key {
+        println!("  Back-office key (generated for this run; set ARBAT_BACKOFFICE_KEY to fix it): {key}");
+    }
+}

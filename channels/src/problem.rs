@@ -1,0 +1,85 @@
+//! RFC 9457 problem details with a stable machine `code`. The only error shape clients see.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub extra: Option<(&'static str, Value)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into(), extra: None }
+    }
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid access token is required")
+    }
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side")
+    }
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra = Some((key, value));
+        self
+    }
+
+    fn title(&self) -> &'static str {
+        self.status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+impl From<actors::CallError> for Problem {
+    fn from(error: actors::CallError) -> Self {
+        match error.code.as_str() {
+            "not_found" => Problem::not_found(),
+            "unknown_customer" => Problem::new(StatusCode::NOT_FOUND, "unknown_customer", "the bank does not know this customer"),
+            "timeout" => Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request took too long; try again"),
+            "unavailable" | "partition_moving" | "version_conflict" => Problem::unavailable("temporarily unavailable; try again"),
+            "bad_request" => Problem::bad_request(error.detail),
+            _ => {
+                tracing::error!(code = %error.code, detail = %error.detail, "call failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        kernel::metrics::count_error(self.code);
+        let mut body = json!({
+            "type": format!("https://arbat.dev/problems/{}", self.code),
+            "title": self.title(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        if let Some((key, value)) = self.extra {
+            body[key] = value;
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,288 @@
+//! A customer's state machine.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kernel::{Change, ChangeBody, CustomerId, FeedEvent, Money};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// How many recent transactions per account the state keeps in memory. Older ones are
+/// served from the journal (and, later, statements).
+pub const RECENT_TRANSACTIONS_PER_ACCOUNT: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductKind {
+    Account,
+    Card,
+    Deposit,
+    Loan,
+}
+
+impl ProductKind {
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "account" => Some(Self::Account),
+            "card" => Some(Self::Card),
+            "deposit" => Some(Self::Deposit),
+            "loan" => Some(Self::Loan),
+            _ => None,
+        }
+    }
+}
+
+/// A product as the customer sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: String,
+    pub kind: ProductKind,
+    pub title: String,
+    pub status: String,
+    pub balance: Option<Money>,
+    /// Kind-specific fields; for cards `pan_masked` (BIN + last 4), never a full PAN.
+    pub details: Map<String, Value>,
+}
+
+/// A posted transaction, kept for the account's recent history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub id: String,
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+    pub amount: Money,
+    pub balance: Money,
+    pub description: String,
+    pub mcc: Option<String>,
+    pub counterparty: Option<String>,
+}
+
+/// The customer's profile and products as the ABS reports them at first activation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub customer_id: CustomerId,
+    pub name: String,
+    pub phone: String,
+    pub language: String,
+    pub products: Vec<Product>,
+}
+
+/// The hot state of one customer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CustomerState {
+    pub customer_id: CustomerId,
+    pub name: String,
+    pub phone: String,
+    pub language: String,
+    pub products: BTreeMap<String, Product>,
+    pub recent: BTreeMap<String, VecDeque<Transaction>>,
+    /// Seq of the newest event folded in.
+    pub version: u64,
+    /// Highest seq the customer marked read.
+    pub read_seq: u64,
+}
+
+/// An event the rules want to record; the shell gives it a seq and commits it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDraft {
+    pub id: String,
+    pub kind: &'static str,
+    pub at: time::OffsetDateTime,
+    pub data: Map<String, Value>,
+}
+
+impl EventDraft {
+    pub fn into_event(self, seq: u64) -> FeedEvent {
+        FeedEvent {
+            seq,
+            id: self.id,
+            kind: self.kind.to_owned(),
+            at: self.at,
+            data: self.data,
+        }
+    }
+}
+
+/// Why a change was refused; `code` is stable and goes to the dead-letter record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("change is for customer {0}, not this one")]
+    WrongCustomer(String),
+    #[error("customer has no product {0:?}")]
+    UnknownProduct(String),
+    #[error("product {0:?} has no balance")]
+    NoBalance(String),
+    #[error("currency {got} does not match the account's {expected}")]
+    CurrencyMismatch { expected: String, got: String },
+}
+
+impl Rejection {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::WrongCustomer(_) => "wrong_customer",
+            Rejection::UnknownProduct(_) => "unknown_product",
+            Rejection::NoBalance(_) => "no_balance",
+            Rejection::CurrencyMismatch { .. } => "currency_mismatch",
+        }
+    }
+}
+
+impl CustomerState {
+    pub fn new(profile: Profile) -> Self {
+        Self {
+            customer_id: profile.customer_id,
+            name: profile.name,
+            phone: profile.phone,
+            language: profile.language,
+            products: profile
+                .products
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect(),
+            recent: BTreeMap::new(),
+            version: 0,
+            read_seq: 0,
+        }
+    }
+
+    pub fn unread(&self) -> u64 {
+        self.version.saturating_sub(self.read_seq)
+    }
+
+    /// Decides what a change means for this customer: the events to record, or why not.
+    pub fn decide(&self, change: &Change) -> Result<Vec<EventDraft>, Rejection> {
+        if change.customer_id != self.customer_id {
+            return Err(Rejection::WrongCustomer(change.customer_id.to_string()));
+        }
+        let mut data = Map::new();
+        match &change.body {
+            ChangeBody::TransactionPosted {
+                account_id,
+                amount,
+                balance,
+                description,
+                mcc,
+                counterparty,
+            } => {
+                self.check_balance_currency(account_id, balance)?;
+                data.insert("account_id".into(), json!(account_id));
+                data.insert("amount".into(), json!(amount));
+                data.insert("balance".into(), json!(balance));
+                data.insert("description".into(), json!(description));
+                if let Some(mcc) = mcc {
+                    data.insert("mcc".into(), json!(mcc));
+                }
+                if let Some(counterparty) = counterparty {
+                    data.insert("counterparty".into(), json!(counterparty));
+                }
+            }
+            ChangeBody::BalanceChanged { account_id, balance } => {
+                self.check_balance_currency(account_id, balance)?;
+                data.insert("account_id".into(), json!(account_id));
+                data.insert("balance".into(), json!(balance));
+            }
+            ChangeBody::ProductChanged {
+                product_id,
+                status,
+                title,
+            } => {
+                if !self.products.contains_key(product_id) {
+                    return Err(Rejection::UnknownProduct(product_id.clone()));
+                }
+                data.insert("product_id".into(), json!(product_id));
+                if let Some(status) = status {
+                    data.insert("status".into(), json!(status));
+                }
+                if let Some(title) = title {
+                    data.insert("title".into(), json!(title));
+                }
+            }
+        }
+        Ok(vec![EventDraft {
+            id: change.id.clone(),
+            kind: change.body.kind(),
+            at: change.at,
+            data,
+        }])
+    }
+
+    fn check_balance_currency(&self, product_id: &str, balance: &Money) -> Result<(), Rejection> {
+        let product = self
+            .products
+            .get(product_id)
+            .ok_or_else(|| Rejection::UnknownProduct(product_id.to_owned()))?;
+        let current = product
+            .balance
+            .ok_or_else(|| Rejection::NoBalance(product_id.to_owned()))?;
+        if current.currency != balance.currency {
+            return Err(Rejection::CurrencyMismatch {
+                expected: current.currency.to_string(),
+                got: balance.currency.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Folds a committed event into the state. Events of unknown kinds only advance the
+    /// version: the journal may hold kinds that a newer node wrote.
+    pub fn apply(&mut self, event: &FeedEvent) {
+        self.version = self.version.max(event.seq);
+        let text = |key: &str| event.data.get(key).and_then(Value::as_str).map(str::to_owned);
+        let money = |key: &str| {
+            event
+                .data
+                .get(key)
+                .and_then(|v| serde_json::from_value::<Money>(v.clone()).ok())
+        };
+        match event.kind.as_str() {
+            "balance_changed" => {
+                if let (Some(account), Some(balance)) = (text("account_id"), money("balance"))
+                    && let Some(product) = self.products.get_mut(&account)
+                {
+                    product.balance = Some(balance);
+                }
+            }
+            "transaction_posted" => {
+                let (Some(account), Some(amount), Some(balance)) =
+                    (text("account_id"), money("amount"), money("balance"))
+                else {
+                    return;
+                };
+                if let Some(product) = self.products.get_mut(&account) {
+                    product.balance = Some(balance);
+                }
+                let recent = self.recent.entry(account).or_default();
+                recent.push_back(Transaction {
+                    id: event.id.clone(),
+                    seq: event.seq,
+                    at: event.at,
+                    amount,
+                    balance,
+                    description: text("description").unwrap_or_default(),
+                    mcc: text("mcc"),
+                    counterparty: text("counterparty"),
+                });
+                while recent.len() > RECENT_TRANSACTIONS_PER_ACCOUNT {
+                    recent.pop_front();
+                }
+            }
+            "product_changed" => {
+                if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id)) {
+                    if let Some(status) = text("status") {
+                        product.status = status;
+                    }
+                    if let Some(title) = text("title") {
+                        product.title = title;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Raises the read mark, never past the journal; returns the new mark.
+    pub fn mark_read(&mut self, up_to_seq: u64) -> u64 {
+        self.read_seq = self.read_seq.max(up_to_seq.min(self.version));
+        self.read_seq
+    }
+}

@@ -1,0 +1,626 @@
+// The store's queries, written once for both backends.
+//
+// Not a module of its own: sqlite.rs and postgres.rs each `include!` this file inside a
+// `mod queries` that defines `Conn` (the backend's connection type) and `FOR_UPDATE` (the
+// row-lock clause: PostgreSQL needs it, SQLite's single writer does not and rejects it).
+// Including rather than going generic over `sqlx::Database` keeps every function concrete,
+// so no higher-ranked trait bounds leak into the async (Send) futures.
+//
+// The SQL is the common subset: `$n` placeholders, `ON CONFLICT`, `RETURNING`.
+// Every function runs on a connection that is already inside the caller's transaction
+// (PostgreSQL) or savepoint (SQLite group commit), so multi-statement writes are atomic.
+
+use std::collections::HashSet;
+
+use kernel::store::{
+    AbsCustomer, AbsPosting, AbsPostingResult, AbsProduct, Commit, Credential, CustomerRecord,
+    OutboxRow, SessionRecord, Snapshot, StoreError,
+};
+use kernel::{CustomerId, FeedEvent};
+use sqlx::Row;
+
+use crate::convert::{
+    col, customer_from_db, db_err, duplicate_means, json_object_from_db, json_value_from_db, limit,
+    seq_bound, seq_from_db, seq_to_db, time_from_db, time_to_db,
+};
+
+/// Most values bound in one `IN (...)` list (SQLite allows 32766 parameters per statement).
+const IN_CHUNK: usize = 500;
+
+/// `$first, $first+1, ...` for `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- journal ----------------------------------------------------------------------------
+
+pub(crate) async fn load_customer(
+    c: &mut Conn,
+    id: &str,
+) -> Result<Option<CustomerRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT version, read_seq, snapshot_version, snapshot_state FROM customers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else { return Ok(None) };
+    let snapshot_version: Option<i64> = col(&row, 2)?;
+    let snapshot_state: Option<String> = col(&row, 3)?;
+    let snapshot = match (snapshot_version, snapshot_state) {
+        (Some(version), Some(state)) => Some(Snapshot {
+            version: seq_from_db(version)?,
+            state: json_value_from_db(&state)?,
+        }),
+        (None, None) => None,
+        _ => return Err(StoreError::Corrupt("half-stored snapshot".into())),
+    };
+    Ok(Some(CustomerRecord {
+        version: seq_from_db(col(&row, 0)?)?,
+        read_seq: seq_from_db(col(&row, 1)?)?,
+        snapshot,
+    }))
+}
+
+fn event_from_row<R: Row>(row: &R) -> Result<FeedEvent, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let data: String = col(row, 4)?;
+    Ok(FeedEvent {
+        seq: seq_from_db(col(row, 0)?)?,
+        id: col(row, 1)?,
+        kind: col(row, 2)?,
+        at: time_from_db(col(row, 3)?)?,
+        data: json_object_from_db(&data)?,
+    })
+}
+
+pub(crate) async fn journal_after(
+    c: &mut Conn,
+    id: &str,
+    after_seq: u64,
+    max: u32,
+) -> Result<Vec<FeedEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, event_id, kind, at_ms, data FROM journal
+         WHERE customer_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
+    )
+    .bind(id)
+    .bind(seq_bound(after_seq))
+    .bind(limit(max))
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn feed_page(
+    c: &mut Conn,
+    id: &str,
+    before_seq: Option<u64>,
+    max: u32,
+) -> Result<Vec<FeedEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, event_id, kind, at_ms, data FROM journal
+         WHERE customer_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+    )
+    .bind(id)
+    .bind(before_seq.map_or(i64::MAX, seq_bound))
+    .bind(limit(max))
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn applied_changes(
+    c: &mut Conn,
+    id: &str,
+    change_ids: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut applied = HashSet::new();
+    for chunk in change_ids.chunks(IN_CHUNK) {
+        let sql = format!(
+            "SELECT change_id FROM applied_changes WHERE customer_id = $1 AND change_id IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(&sql).bind(id);
+        for change_id in chunk {
+            query = query.bind(change_id);
+        }
+        for row in query.fetch_all(&mut *c).await.map_err(db_err)? {
+            applied.insert(col::<_, String>(&row, 0)?);
+        }
+    }
+    // In the caller's order, each once.
+    Ok(change_ids
+        .iter()
+        .filter(|id| applied.remove(id.as_str()))
+        .cloned()
+        .collect())
+}
+
+/// Checks the commit's shape before touching the database.
+pub(crate) fn validate_commit(commit: &Commit) -> Result<(), StoreError> {
+    for (offset, event) in commit.events.iter().enumerate() {
+        let expected = commit
+            .expected_version
+            .checked_add(offset as u64 + 1)
+            .ok_or_else(|| StoreError::Corrupt("sequence number out of range".into()))?;
+        if event.seq != expected {
+            return Err(StoreError::Corrupt(format!(
+                "event seq {} where {expected} was due: seqs must continue the journal",
+                event.seq
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn commit(c: &mut Conn, commit: &Commit) -> Result<Vec<i64>, StoreError> {
+    validate_commit(commit)?;
+    let customer = commit.customer_id.as_str();
+    let expected = seq_to_db(commit.expected_version)?;
+    let new_version = seq_to_db(commit.expected_version + commit.events.len() as u64)?;
+    let (snapshot_version, snapshot_state) = match &commit.snapshot {
+        Some(snapshot) => (
+            Some(seq_to_db(snapshot.version)?),
+            Some(snapshot.state.to_string()),
+        ),
+        None => (None, None),
+    };
+
+    // The version check and the bump are one conditional UPDATE: under PostgreSQL a concurrent
+    // writer blocks on the row lock, then re-checks the version and matches nothing.
+    let updated = sqlx::query(
+        "UPDATE customers SET version = $3,
+             snapshot_version = COALESCE($4, snapshot_version),
+             snapshot_state = COALESCE($5, snapshot_state)
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(customer)
+    .bind(expected)
+    .bind(new_version)
+    .bind(snapshot_version)
+    .bind(snapshot_state.as_deref())
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if updated == 0 {
+        if expected != 0 {
+            return Err(StoreError::VersionConflict);
+        }
+        // First commit: the primary key settles a race between two first commits.
+        sqlx::query(
+            "INSERT INTO customers (id, version, read_seq, snapshot_version, snapshot_state)
+             VALUES ($1, $2, 0, $3, $4)",
+        )
+        .bind(customer)
+        .bind(new_version)
+        .bind(snapshot_version)
+        .bind(snapshot_state.as_deref())
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)
+        .map_err(duplicate_means(StoreError::VersionConflict))?;
+    }
+
+    for event in &commit.events {
+        sqlx::query(
+            "INSERT INTO journal (customer_id, seq, event_id, kind, at_ms, data)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(customer)
+        .bind(seq_to_db(event.seq)?)
+        .bind(&event.id)
+        .bind(&event.kind)
+        .bind(time_to_db(event.at)?)
+        .bind(serde_json::Value::Object(event.data.clone()).to_string())
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)
+        // The version matched, so an event at this seq means journal and version disagree.
+        .map_err(duplicate_means(StoreError::Corrupt(
+            "journal holds events past its version".into(),
+        )))?;
+    }
+
+    for change_id in &commit.change_ids {
+        sqlx::query(
+            "INSERT INTO applied_changes (customer_id, change_id, version) VALUES ($1, $2, $3)",
+        )
+        .bind(customer)
+        .bind(change_id)
+        .bind(new_version)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    }
+
+    let mut outbox_ids = Vec::with_capacity(commit.outbox.len());
+    for message in &commit.outbox {
+        let row = sqlx::query("INSERT INTO outbox (subject, payload) VALUES ($1, $2) RETURNING id")
+            .bind(&message.subject)
+            .bind(&message.payload)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(db_err)?;
+        outbox_ids.push(col(&row, 0)?);
+    }
+    Ok(outbox_ids)
+}
+
+pub(crate) async fn mark_read(c: &mut Conn, id: &str, up_to_seq: u64) -> Result<u64, StoreError> {
+    // max(read_seq, min(up_to, version)), spelled portably.
+    let row = sqlx::query(
+        "UPDATE customers SET read_seq = CASE
+             WHEN $2 <= read_seq THEN read_seq
+             WHEN $2 >= version THEN version
+             ELSE $2 END
+         WHERE id = $1 RETURNING read_seq",
+    )
+    .bind(id)
+    .bind(seq_bound(up_to_seq))
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    match row {
+        Some(row) => seq_from_db(col(&row, 0)?),
+        // No journal: version 0, so the mark clamps to 0.
+        None => Ok(0),
+    }
+}
+
+pub(crate) async fn outbox_pending(c: &mut Conn, max: u32) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = sqlx::query("SELECT id, subject, payload FROM outbox ORDER BY id ASC LIMIT $1")
+        .bind(limit(max))
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(OutboxRow {
+                id: col(row, 0)?,
+                subject: col(row, 1)?,
+                payload: col(row, 2)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn outbox_delete(c: &mut Conn, ids: &[i64]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(IN_CHUNK) {
+        let sql = format!(
+            "DELETE FROM outbox WHERE id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *c).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+// ---- auth -------------------------------------------------------------------------------
+
+pub(crate) async fn credential(
+    c: &mut Conn,
+    login: &str,
+) -> Result<Option<Credential>, StoreError> {
+    let row =
+        sqlx::query("SELECT login, customer_id, password_hash FROM credentials WHERE login = $1")
+            .bind(login)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(db_err)?;
+    row.map(|row| {
+        Ok(Credential {
+            login: col(&row, 0)?,
+            customer_id: customer_from_db(col(&row, 1)?)?,
+            password_hash: col(&row, 2)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn insert_credential(
+    c: &mut Conn,
+    credential: &Credential,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO credentials (login, customer_id, password_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (login) DO NOTHING",
+    )
+    .bind(&credential.login)
+    .bind(credential.customer_id.as_str())
+    .bind(&credential.password_hash)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+pub(crate) async fn create_session(
+    c: &mut Conn,
+    session: &SessionRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sessions (id, customer_id, device_id, created_at_ms, revoked)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&session.id)
+    .bind(session.customer_id.as_str())
+    .bind(&session.device_id)
+    .bind(time_to_db(session.created_at)?)
+    .bind(session.revoked)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn session(c: &mut Conn, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, customer_id, device_id, created_at_ms, revoked FROM sessions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    row.map(|row| {
+        Ok(SessionRecord {
+            id: col(&row, 0)?,
+            customer_id: customer_from_db(col(&row, 1)?)?,
+            device_id: col(&row, 2)?,
+            created_at: time_from_db(col(&row, 3)?)?,
+            revoked: col(&row, 4)?,
+        })
+    })
+    .transpose()
+}
+
+/// Revoking twice is fine; revoking an unknown session is `NotFound`.
+pub(crate) async fn revoke_session(c: &mut Conn, id: &str) -> Result<(), StoreError> {
+    let updated = sqlx::query("UPDATE sessions SET revoked = TRUE WHERE id = $1")
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Get-or-insert. `ON CONFLICT DO NOTHING` makes a racing insert wait for the winner and then
+/// do nothing; the SELECT after it reads whichever value won.
+pub(crate) async fn secret(
+    c: &mut Conn,
+    name: &str,
+    candidate: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(candidate)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(db_err)?;
+    col(&row, 0)
+}
+
+// ---- reference ABS ----------------------------------------------------------------------
+
+pub(crate) async fn abs_seed(
+    c: &mut Conn,
+    customer: &AbsCustomer,
+    products: &[AbsProduct],
+) -> Result<bool, StoreError> {
+    if products.iter().any(|p| p.customer_id != customer.id) {
+        return Err(StoreError::Refused("product_of_another_customer"));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO abs_customers (id, phone, name, language) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(customer.id.as_str())
+    .bind(&customer.phone)
+    .bind(&customer.name)
+    .bind(&customer.language)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for (ord, product) in products.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO abs_products
+                 (id, customer_id, ord, kind, title, status, currency, balance_minor, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&product.id)
+        .bind(customer.id.as_str())
+        .bind(ord as i64)
+        .bind(&product.kind)
+        .bind(&product.title)
+        .bind(&product.status)
+        .bind(&product.currency)
+        .bind(product.balance_minor)
+        .bind(product.details.to_string())
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(true)
+}
+
+fn abs_customer_from_row<R: Row>(row: &R) -> Result<AbsCustomer, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AbsCustomer {
+        id: customer_from_db(col(row, 0)?)?,
+        phone: col(row, 1)?,
+        name: col(row, 2)?,
+        language: col(row, 3)?,
+    })
+}
+
+pub(crate) async fn abs_customer(
+    c: &mut Conn,
+    id: &str,
+) -> Result<Option<AbsCustomer>, StoreError> {
+    sqlx::query("SELECT id, phone, name, language FROM abs_customers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(abs_customer_from_row)
+        .transpose()
+}
+
+pub(crate) async fn abs_customer_by_phone(
+    c: &mut Conn,
+    phone: &str,
+) -> Result<Option<AbsCustomer>, StoreError> {
+    sqlx::query("SELECT id, phone, name, language FROM abs_customers WHERE phone = $1")
+        .bind(phone)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(abs_customer_from_row)
+        .transpose()
+}
+
+pub(crate) async fn abs_products(c: &mut Conn, id: &str) -> Result<Vec<AbsProduct>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, customer_id, kind, title, status, currency, balance_minor, details
+         FROM abs_products WHERE customer_id = $1 ORDER BY ord ASC, id ASC",
+    )
+    .bind(id)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            let details: String = col(row, 7)?;
+            Ok(AbsProduct {
+                id: col(row, 0)?,
+                customer_id: customer_from_db(col(row, 1)?)?,
+                kind: col(row, 2)?,
+                title: col(row, 3)?,
+                status: col(row, 4)?,
+                currency: col(row, 5)?,
+                balance_minor: col(row, 6)?,
+                details: json_value_from_db(&details)?,
+            })
+        })
+        .collect()
+}
+
+/// The result of an already applied posting, if `posting_id` was applied.
+pub(crate) async fn abs_posting_result(
+    c: &mut Conn,
+    posting_id: &str,
+) -> Result<Option<AbsPostingResult>, StoreError> {
+    let row = sqlx::query(
+        "SELECT a.customer_id, a.currency, p.balance_after_minor, p.at_ms
+         FROM abs_postings p JOIN abs_products a ON a.id = p.account_id WHERE p.id = $1",
+    )
+    .bind(posting_id)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    row.map(|row| {
+        Ok(AbsPostingResult {
+            customer_id: customer_from_db(col(&row, 0)?)?,
+            currency: col(&row, 1)?,
+            balance_minor: col(&row, 2)?,
+            at: time_from_db(col(&row, 3)?)?,
+            duplicate: true,
+        })
+    })
+    .transpose()
+}
+
+/// Applies a posting. A racing duplicate that gets past the first check (PostgreSQL only)
+/// fails on the posting's primary key with `Duplicate`; the caller then reads the winner.
+pub(crate) async fn abs_post(
+    c: &mut Conn,
+    posting: &AbsPosting,
+) -> Result<AbsPostingResult, StoreError> {
+    if let Some(first) = abs_posting_result(c, &posting.id).await? {
+        return Ok(first);
+    }
+    let sql = format!(
+        "SELECT customer_id, currency, balance_minor FROM abs_products WHERE id = $1{FOR_UPDATE}"
+    );
+    let Some(account) = sqlx::query(&sql)
+        .bind(&posting.account_id)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?
+    else {
+        return Err(StoreError::NotFound);
+    };
+    let customer_id: CustomerId = customer_from_db(col(&account, 0)?)?;
+    let currency: String = col(&account, 1)?;
+    let balance: i64 = col(&account, 2)?;
+    let Some(balance_after) = balance.checked_add(posting.amount_minor) else {
+        return Err(StoreError::Refused("amount_out_of_range"));
+    };
+    if balance_after < posting.floor_minor {
+        return Err(StoreError::Refused("insufficient_funds"));
+    }
+    let at = kernel::now();
+    sqlx::query("UPDATE abs_products SET balance_minor = $2 WHERE id = $1")
+        .bind(&posting.account_id)
+        .bind(balance_after)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    sqlx::query(
+        "INSERT INTO abs_postings
+             (id, account_id, amount_minor, balance_after_minor, at_ms, description, mcc, counterparty)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&posting.id)
+    .bind(&posting.account_id)
+    .bind(posting.amount_minor)
+    .bind(balance_after)
+    .bind(time_to_db(at)?)
+    .bind(&posting.description)
+    .bind(posting.mcc.as_deref())
+    .bind(posting.counterparty.as_deref())
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(AbsPostingResult {
+        customer_id,
+        currency,
+        balance_minor: balance_after,
+        at,
+        duplicate: false,
+    })
+}

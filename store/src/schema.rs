@@ -1,0 +1,257 @@
+//! The schema and its migrations, embedded as SQL strings (one list per backend).
+//!
+//! Migrations are numbered and append-only: a released step is never edited, a change is a
+//! new step. `schema_version` records each applied step. Applying is idempotent and safe when
+//! several nodes start at once: SQLite takes the write lock (`BEGIN IMMEDIATE`) around the
+//! whole run, PostgreSQL a session advisory lock. A database newer than this build is refused
+//! rather than written with an older idea of the schema.
+//!
+//! Conventions: seqs, versions, money and times (Unix milliseconds) are BIGINT; JSON is TEXT
+//! so it reads back byte-for-byte as written (JSONB would reorder keys and reformat numbers).
+
+use kernel::store::StoreError;
+use sqlx::{Connection, Executor as _, PgConnection, SqliteConnection};
+
+use crate::convert::{db_err, time_to_db};
+
+const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1)];
+const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1)];
+
+/// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
+const PG_MIGRATION_LOCK: i64 = 0x4152_4241_545f_4d31; // "ARBAT_M1"
+
+const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    version BIGINT PRIMARY KEY,
+    applied_at_ms BIGINT NOT NULL
+)";
+
+const SQLITE_V1: &str = r#"
+CREATE TABLE customers (
+    id TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    read_seq BIGINT NOT NULL DEFAULT 0,
+    snapshot_version BIGINT,
+    snapshot_state TEXT
+);
+CREATE TABLE journal (
+    customer_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (customer_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE applied_changes (
+    customer_id TEXT NOT NULL,
+    change_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, change_id)
+) WITHOUT ROWID;
+-- AUTOINCREMENT: ids are never reused after deletion, so "oldest first" stays true.
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE credentials (
+    login TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX sessions_customer ON sessions (customer_id);
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE abs_customers (
+    id TEXT PRIMARY KEY,
+    phone TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    language TEXT NOT NULL
+);
+CREATE TABLE abs_products (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL REFERENCES abs_customers (id),
+    ord BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    status TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    balance_minor BIGINT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX abs_products_customer ON abs_products (customer_id, ord);
+CREATE TABLE abs_postings (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES abs_products (id),
+    amount_minor BIGINT NOT NULL,
+    balance_after_minor BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    description TEXT NOT NULL,
+    mcc TEXT,
+    counterparty TEXT
+);
+CREATE INDEX abs_postings_account ON abs_postings (account_id, at_ms);
+"#;
+
+const POSTGRES_V1: &str = r#"
+CREATE TABLE customers (
+    id TEXT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    read_seq BIGINT NOT NULL DEFAULT 0,
+    snapshot_version BIGINT,
+    snapshot_state TEXT
+);
+CREATE TABLE journal (
+    customer_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (customer_id, seq)
+);
+CREATE TABLE applied_changes (
+    customer_id TEXT NOT NULL,
+    change_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, change_id)
+);
+CREATE TABLE outbox (
+    id BIGSERIAL PRIMARY KEY,
+    subject TEXT NOT NULL,
+    payload BYTEA NOT NULL
+);
+CREATE TABLE credentials (
+    login TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX sessions_customer ON sessions (customer_id);
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE abs_customers (
+    id TEXT PRIMARY KEY,
+    phone TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    language TEXT NOT NULL
+);
+CREATE TABLE abs_products (
+    id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL REFERENCES abs_customers (id),
+    ord BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    title TEXT NOT NULL,
+    status TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    balance_minor BIGINT NOT NULL,
+    details TEXT NOT NULL
+);
+CREATE INDEX abs_products_customer ON abs_products (customer_id, ord);
+CREATE TABLE abs_postings (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES abs_products (id),
+    amount_minor BIGINT NOT NULL,
+    balance_after_minor BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    description TEXT NOT NULL,
+    mcc TEXT,
+    counterparty TEXT
+);
+CREATE INDEX abs_postings_account ON abs_postings (account_id, at_ms);
+"#;
+
+/// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a
+/// second process opening the same file waits (busy timeout) and then finds nothing to do.
+pub(crate) async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+    apply_sqlite(&mut tx).await?;
+    tx.commit().await.map_err(db_err)
+}
+
+/// Brings a PostgreSQL database up to date under a session advisory lock, so nodes starting
+/// together apply each step once. Run on a dedicated connection: closing it releases the lock
+/// even if this future is dropped half-way.
+pub(crate) async fn migrate_postgres(mut conn: PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(PG_MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await
+        .map_err(db_err)?;
+    let result = async {
+        let mut tx = conn.begin().await.map_err(db_err)?;
+        apply_postgres(&mut tx).await?;
+        tx.commit().await.map_err(db_err)
+    }
+    .await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(PG_MIGRATION_LOCK)
+        .execute(&mut conn)
+        .await
+        .map_err(db_err);
+    let _ = conn.close().await;
+    result.and(unlocked.map(|_| ()))
+}
+
+/// Applies the missing steps inside the caller's transaction. A macro, not a generic fn:
+/// generic sqlx executors make the calling futures fail the `Send` check (higher-ranked
+/// lifetime limitation), and node startup futures must be `Send`.
+macro_rules! apply_steps {
+    ($conn:expr, $steps:expr) => {{
+        let conn = $conn;
+        let steps: &[(i64, &str)] = $steps;
+        // `Executor::execute` with a plain string runs every statement in it (as sqlx's own
+        // migrator does); `sqlx::raw_sql` would make the future fail the `Send` check.
+        (&mut *conn)
+            .execute(SCHEMA_VERSION_TABLE)
+            .await
+            .map_err(db_err)?;
+        let row = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let current: i64 = crate::convert::col(&row, 0)?;
+        let newest = steps.last().map_or(0, |(version, _)| *version);
+        if current > newest {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {current} is newer than this build's {newest}"
+            )));
+        }
+        for (version, sql) in steps.iter().filter(|(version, _)| *version > current) {
+            (&mut *conn).execute(*sql).await.map_err(db_err)?;
+            sqlx::query("INSERT INTO schema_version (version, applied_at_ms) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(time_to_db(kernel::now())?)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            tracing::info!(version, "store schema migrated");
+        }
+        Ok::<(), StoreError>(())
+    }};
+}
+
+async fn apply_sqlite(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    apply_steps!(conn, SQLITE)
+}
+
+async fn apply_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
+    apply_steps!(conn, POSTGRES)
+}

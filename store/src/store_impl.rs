@@ -1,0 +1,225 @@
+// The kernel's store traits, implemented once for both backends.
+//
+// Not a module of its own: sqlite.rs and postgres.rs `include!` it after defining
+// `type Backend = <their store>;`, a `queries` module (see queries.rs) and two methods that
+// decide where a query runs:
+// - `read(f)`: a pooled connection, no explicit transaction;
+// - `write(f)`: an atomic, durable unit — the SQLite group-commit writer (a savepoint in a
+//   shared transaction) or a PostgreSQL transaction of its own.
+// Both return only after the database committed. Closures own their inputs ('static) because
+// a SQLite write may run on the writer task after the caller stopped waiting.
+
+#[async_trait::async_trait]
+impl kernel::store::JournalStore for Backend {
+    async fn load_customer(
+        &self,
+        id: &kernel::CustomerId,
+    ) -> Result<Option<kernel::store::CustomerRecord>, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::load_customer(c, &id).await }))
+            .await
+    }
+
+    async fn journal_after(
+        &self,
+        id: &kernel::CustomerId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<kernel::FeedEvent>, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |c| {
+            Box::pin(async move { queries::journal_after(c, &id, after_seq, limit).await })
+        })
+        .await
+    }
+
+    async fn feed_page(
+        &self,
+        id: &kernel::CustomerId,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<kernel::FeedEvent>, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |c| {
+            Box::pin(async move { queries::feed_page(c, &id, before_seq, limit).await })
+        })
+        .await
+    }
+
+    async fn applied_changes(
+        &self,
+        id: &kernel::CustomerId,
+        change_ids: &[String],
+    ) -> Result<Vec<String>, kernel::store::StoreError> {
+        if change_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = id.as_str().to_owned();
+        let change_ids = change_ids.to_vec();
+        self.read(move |c| {
+            Box::pin(async move { queries::applied_changes(c, &id, &change_ids).await })
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        commit: kernel::store::Commit,
+    ) -> Result<Vec<i64>, kernel::store::StoreError> {
+        // Refuse a malformed commit before it takes a place in the write queue.
+        queries::validate_commit(&commit)?;
+        self.write(move |c| Box::pin(async move { queries::commit(c, &commit).await }))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        id: &kernel::CustomerId,
+        up_to_seq: u64,
+    ) -> Result<u64, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.write(move |c| Box::pin(async move { queries::mark_read(c, &id, up_to_seq).await }))
+            .await
+    }
+
+    async fn outbox_pending(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<kernel::store::OutboxRow>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::outbox_pending(c, limit).await }))
+            .await
+    }
+
+    async fn outbox_delete(&self, ids: &[i64]) -> Result<(), kernel::store::StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.write(move |c| Box::pin(async move { queries::outbox_delete(c, &ids).await }))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl kernel::store::AuthStore for Backend {
+    async fn credential(
+        &self,
+        login: &str,
+    ) -> Result<Option<kernel::store::Credential>, kernel::store::StoreError> {
+        let login = login.to_owned();
+        self.read(move |c| Box::pin(async move { queries::credential(c, &login).await }))
+            .await
+    }
+
+    async fn insert_credential(
+        &self,
+        credential: &kernel::store::Credential,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let credential = credential.clone();
+        self.write(move |c| {
+            Box::pin(async move { queries::insert_credential(c, &credential).await })
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        session: &kernel::store::SessionRecord,
+    ) -> Result<(), kernel::store::StoreError> {
+        let session = session.clone();
+        self.write(move |c| Box::pin(async move { queries::create_session(c, &session).await }))
+            .await
+    }
+
+    async fn session(
+        &self,
+        id: &str,
+    ) -> Result<Option<kernel::store::SessionRecord>, kernel::store::StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| Box::pin(async move { queries::session(c, &id).await }))
+            .await
+    }
+
+    async fn revoke_session(&self, id: &str) -> Result<(), kernel::store::StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| Box::pin(async move { queries::revoke_session(c, &id).await }))
+            .await
+    }
+
+    async fn secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+    ) -> Result<Vec<u8>, kernel::store::StoreError> {
+        let name = name.to_owned();
+        let candidate = candidate.to_vec();
+        self.write(move |c| Box::pin(async move { queries::secret(c, &name, &candidate).await }))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl kernel::store::AbsStore for Backend {
+    async fn abs_seed(
+        &self,
+        customer: &kernel::store::AbsCustomer,
+        products: &[kernel::store::AbsProduct],
+    ) -> Result<bool, kernel::store::StoreError> {
+        let customer = customer.clone();
+        let products = products.to_vec();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_seed(c, &customer, &products).await })
+        })
+        .await
+    }
+
+    async fn abs_customer(
+        &self,
+        id: &kernel::CustomerId,
+    ) -> Result<Option<kernel::store::AbsCustomer>, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::abs_customer(c, &id).await }))
+            .await
+    }
+
+    async fn abs_customer_by_phone(
+        &self,
+        phone: &str,
+    ) -> Result<Option<kernel::store::AbsCustomer>, kernel::store::StoreError> {
+        let phone = phone.to_owned();
+        self.read(move |c| Box::pin(async move { queries::abs_customer_by_phone(c, &phone).await }))
+            .await
+    }
+
+    async fn abs_products(
+        &self,
+        id: &kernel::CustomerId,
+    ) -> Result<Vec<kernel::store::AbsProduct>, kernel::store::StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::abs_products(c, &id).await }))
+            .await
+    }
+
+    async fn abs_post(
+        &self,
+        posting: &kernel::store::AbsPosting,
+    ) -> Result<kernel::store::AbsPostingResult, kernel::store::StoreError> {
+        let owned = posting.clone();
+        let applied = self
+            .write(move |c| Box::pin(async move { queries::abs_post(c, &owned).await }))
+            .await;
+        match applied {
+            // A concurrent duplicate won the race (its transaction committed first, ours
+            // rolled back whole): answer with the winner's result.
+            Err(kernel::store::StoreError::Duplicate) => {
+                let id = posting.id.clone();
+                self.read(move |c| {
+                    Box::pin(async move { queries::abs_posting_result(c, &id).await })
+                })
+                .await?
+                .ok_or(kernel::store::StoreError::Duplicate)
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,951 @@
+//! The store contract, checked against both backends.
+//!
+//! Each case is written once as an async fn over `Arc<dyn Store>` (an `Arc` so cases can
+//! spawn concurrent writers); the `conformance!` macro runs every case on a fresh SQLite file
+//! and on a fresh PostgreSQL database (`testkit::PgDatabase`, `ARBAT_TEST_PG` or the local
+//! server). Backend-specific behaviour (reopening a file, concurrent migrations) follows.
+
+// Amounts are written as major_minor (`120_50` is 120.50) so they read like money.
+#![allow(clippy::inconsistent_digit_grouping)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kernel::store::{
+    AbsCustomer, AbsPosting, AbsProduct, Commit, Credential, JournalStore, OutboxMessage,
+    SessionRecord, Snapshot, Store, StoreError,
+};
+use kernel::{CustomerId, FeedEvent};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+// ---- harness ----------------------------------------------------------------------------
+
+/// A temp data folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "arbat-store-test-{}-{}",
+            std::process::id(),
+            kernel::now().unix_timestamp_nanos()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn with_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = TempDir::new();
+    let store = store::open(None, &dir.0).await.expect("open SQLite store");
+    case(store).await;
+}
+
+async fn with_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let db = testkit::PgDatabase::create()
+        .await
+        .expect("a test PostgreSQL server (ARBAT_TEST_PG)");
+    let dir = TempDir::new();
+    let store = store::open(Some(&db.url), &dir.0)
+        .await
+        .expect("connect PostgreSQL store");
+    case(store).await;
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::with_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::with_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    commit_load_journal_and_feed_paging,
+    events_round_trip_exactly,
+    version_conflict_changes_nothing,
+    concurrent_first_commits_only_one_wins,
+    duplicate_change_id_changes_nothing,
+    non_contiguous_seqs_are_refused,
+    applied_changes_reports_consumed_ids,
+    snapshot_round_trip,
+    mark_read_is_monotonic_and_clamped,
+    outbox_pending_and_delete_in_order,
+    concurrent_commits_for_many_customers_all_land,
+    credentials_insert_once,
+    sessions_create_read_revoke,
+    secret_get_or_insert_under_concurrency,
+    abs_seed_is_idempotent,
+    abs_post_moves_money,
+    abs_post_unknown_account_is_not_found,
+    abs_post_insufficient_funds_changes_nothing,
+    abs_post_duplicate_returns_first_result,
+    abs_post_concurrent_duplicates_move_money_once,
+);
+
+// ---- fixtures ---------------------------------------------------------------------------
+
+fn cid(raw: &str) -> CustomerId {
+    CustomerId::parse(raw).unwrap()
+}
+
+fn event(seq: u64) -> FeedEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("n".into(), json!(seq));
+    FeedEvent {
+        seq,
+        id: format!("evt-{seq}"),
+        kind: "card.payment".into(),
+        at: kernel::now(),
+        data,
+    }
+}
+
+/// A commit of `count` events after `expected`, one change id per event.
+fn commit(customer: &str, expected: u64, count: u64) -> Commit {
+    Commit {
+        customer_id: cid(customer),
+        expected_version: expected,
+        events: (expected + 1..=expected + count).map(event).collect(),
+        change_ids: (expected + 1..=expected + count)
+            .map(|n| format!("chg-{n}"))
+            .collect(),
+        snapshot: None,
+        outbox: vec![],
+    }
+}
+
+fn seqs(events: &[FeedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+// ---- journal ----------------------------------------------------------------------------
+
+async fn commit_load_journal_and_feed_paging(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    assert_eq!(store.load_customer(&c).await.unwrap(), None);
+    assert!(store.journal_after(&c, 0, 10).await.unwrap().is_empty());
+    assert!(store.feed_page(&c, None, 10).await.unwrap().is_empty());
+
+    store.commit(commit("c1", 0, 3)).await.unwrap();
+    store.commit(commit("c1", 3, 4)).await.unwrap();
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!(
+        (record.version, record.read_seq, record.snapshot),
+        (7, 0, None)
+    );
+
+    assert_eq!(
+        seqs(&store.journal_after(&c, 0, 100).await.unwrap()),
+        [1, 2, 3, 4, 5, 6, 7]
+    );
+    assert_eq!(
+        seqs(&store.journal_after(&c, 2, 3).await.unwrap()),
+        [3, 4, 5]
+    );
+    assert!(store.journal_after(&c, 7, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .journal_after(&c, u64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(
+        seqs(&store.feed_page(&c, None, 3).await.unwrap()),
+        [7, 6, 5]
+    );
+    assert_eq!(
+        seqs(&store.feed_page(&c, Some(5), 3).await.unwrap()),
+        [4, 3, 2]
+    );
+    assert_eq!(seqs(&store.feed_page(&c, Some(2), 3).await.unwrap()), [1]);
+    assert!(store.feed_page(&c, Some(1), 3).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(&store.feed_page(&c, Some(u64::MAX), 1).await.unwrap()),
+        [7]
+    );
+
+    // Another customer's journal is separate.
+    assert!(
+        store
+            .journal_after(&cid("c2"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn events_round_trip_exactly(store: Arc<dyn Store>) {
+    let mut data = serde_json::Map::new();
+    data.insert("amount".into(), json!("-1234.50"));
+    data.insert(
+        "merchant".into(),
+        json!({"name": "Café «Ёлка»", "mcc": "5812"}),
+    );
+    data.insert("tags".into(), json!([1, 2.5, true, null, "x\u{0}y"]));
+    data.insert("big".into(), json!(i64::MAX));
+    let first = FeedEvent {
+        seq: 1,
+        id: "evt-a".into(),
+        kind: "card.payment".into(),
+        at: kernel::now(),
+        data,
+    };
+    let second = FeedEvent {
+        seq: 2,
+        id: "evt-b".into(),
+        kind: "empty".into(),
+        at: time::macros::datetime!(1969-12-31 23:59:59.999 UTC),
+        data: serde_json::Map::new(),
+    };
+    let mut c = commit("c1", 0, 0);
+    c.events = vec![first.clone(), second.clone()];
+    store.commit(c).await.unwrap();
+    assert_eq!(
+        store.journal_after(&cid("c1"), 0, 10).await.unwrap(),
+        [first.clone(), second.clone()]
+    );
+    assert_eq!(
+        store.feed_page(&cid("c1"), None, 10).await.unwrap(),
+        [second, first]
+    );
+}
+
+async fn version_conflict_changes_nothing(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    store.commit(commit("c1", 0, 2)).await.unwrap();
+    for expected in [0, 1, 3] {
+        let mut stale = commit("c1", expected, 1);
+        stale.change_ids = vec![format!("stale-{expected}")];
+        stale.outbox = vec![OutboxMessage {
+            subject: "push.c1".into(),
+            payload: b"x".to_vec(),
+        }];
+        stale.snapshot = Some(Snapshot {
+            version: expected + 1,
+            state: json!({"stale": true}),
+        });
+        assert_eq!(
+            store.commit(stale).await,
+            Err(StoreError::VersionConflict),
+            "expected {expected}"
+        );
+    }
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!((record.version, record.snapshot), (2, None));
+    assert_eq!(seqs(&store.journal_after(&c, 0, 10).await.unwrap()), [1, 2]);
+    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+    let stale_ids = ["stale-0".to_string(), "stale-1".into(), "stale-3".into()];
+    assert!(
+        store
+            .applied_changes(&c, &stale_ids)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The right version still works.
+    store.commit(commit("c1", 2, 1)).await.unwrap();
+}
+
+async fn concurrent_first_commits_only_one_wins(store: Arc<dyn Store>) {
+    for round in 0..5 {
+        let customer = format!("race{round}");
+        let mut tasks = JoinSet::new();
+        for writer in 0..6 {
+            let store = store.clone();
+            let mut c = commit(&customer, 0, 1);
+            c.change_ids = vec![format!("writer-{writer}")];
+            c.events[0].id = format!("writer-{writer}");
+            tasks.spawn(async move { store.commit(c).await });
+        }
+        let mut wins = 0;
+        while let Some(result) = tasks.join_next().await {
+            match result.unwrap() {
+                Ok(_) => wins += 1,
+                Err(error) => assert_eq!(error, StoreError::VersionConflict),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+        let journal = store.journal_after(&cid(&customer), 0, 10).await.unwrap();
+        assert_eq!(seqs(&journal), [1]);
+        let applied = store
+            .applied_changes(
+                &cid(&customer),
+                &(0..6).map(|w| format!("writer-{w}")).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, [journal[0].id.clone()]);
+    }
+}
+
+async fn duplicate_change_id_changes_nothing(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    let mut first = commit("c1", 0, 1);
+    first.change_ids = vec!["chg-x".into()];
+    first.snapshot = Some(Snapshot {
+        version: 1,
+        state: json!({"v": 1}),
+    });
+    let first_outbox = store.commit(first).await.unwrap();
+    assert!(first_outbox.is_empty());
+
+    let mut again = commit("c1", 1, 2);
+    again.change_ids = vec!["chg-new".into(), "chg-x".into()];
+    again.snapshot = Some(Snapshot {
+        version: 3,
+        state: json!({"v": 3}),
+    });
+    again.outbox = vec![OutboxMessage {
+        subject: "push.c1".into(),
+        payload: b"should not exist".to_vec(),
+    }];
+    assert_eq!(store.commit(again).await, Err(StoreError::Duplicate));
+
+    // The same id twice inside one commit is a duplicate too.
+    let mut twice = commit("c1", 1, 1);
+    twice.change_ids = vec!["chg-y".into(), "chg-y".into()];
+    assert_eq!(store.commit(twice).await, Err(StoreError::Duplicate));
+
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!(record.version, 1);
+    assert_eq!(record.snapshot.unwrap().state, json!({"v": 1}));
+    assert_eq!(seqs(&store.journal_after(&c, 0, 10).await.unwrap()), [1]);
+    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+    let asked = ["chg-new".to_string(), "chg-x".into(), "chg-y".into()];
+    assert_eq!(store.applied_changes(&c, &asked).await.unwrap(), ["chg-x"]);
+
+    // Change ids are unique per customer, not globally.
+    let mut other = commit("c2", 0, 1);
+    other.change_ids = vec!["chg-x".into()];
+    store.commit(other).await.unwrap();
+}
+
+async fn non_contiguous_seqs_are_refused(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    let mut gap = commit("c1", 0, 0);
+    gap.events = vec![event(1), event(3)];
+    assert!(matches!(
+        store.commit(gap).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut late_start = commit("c1", 0, 0);
+    late_start.events = vec![event(2)];
+    assert!(matches!(
+        store.commit(late_start).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut backwards = commit("c1", 0, 0);
+    backwards.events = vec![event(1), event(1)];
+    assert!(matches!(
+        store.commit(backwards).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert_eq!(store.load_customer(&c).await.unwrap(), None);
+    assert!(store.journal_after(&c, 0, 10).await.unwrap().is_empty());
+}
+
+async fn applied_changes_reports_consumed_ids(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    assert!(store.applied_changes(&c, &[]).await.unwrap().is_empty());
+    // A commit may consume changes that produced no event.
+    let mut quiet = commit("c1", 0, 0);
+    quiet.change_ids = vec!["a".into(), "b".into()];
+    store.commit(quiet).await.unwrap();
+    assert_eq!(store.load_customer(&c).await.unwrap().unwrap().version, 0);
+    let asked: Vec<String> = ["z", "b", "a", "b"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(store.applied_changes(&c, &asked).await.unwrap(), ["b", "a"]);
+    // Many ids at once (beyond one IN-list chunk).
+    let many: Vec<String> = (0..1200).map(|n| format!("m{n}")).collect();
+    let mut big = commit("c1", 0, 1);
+    big.change_ids = many.clone();
+    store.commit(big).await.unwrap();
+    assert_eq!(store.applied_changes(&c, &many).await.unwrap(), many);
+    assert!(
+        store
+            .applied_changes(&cid("c2"), &many)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn snapshot_round_trip(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    let state = json!({"balance": {"RUB": 120050}, "cards": ["4276****1234"], "f": 0.1});
+    let mut first = commit("c1", 0, 2);
+    first.snapshot = Some(Snapshot {
+        version: 2,
+        state: state.clone(),
+    });
+    store.commit(first).await.unwrap();
+    let expected = Some(Snapshot { version: 2, state });
+    assert_eq!(
+        store.load_customer(&c).await.unwrap().unwrap().snapshot,
+        expected
+    );
+
+    // A commit without a snapshot keeps the last one.
+    store.commit(commit("c1", 2, 1)).await.unwrap();
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!((record.version, record.snapshot), (3, expected));
+
+    let mut newer = commit("c1", 3, 1);
+    newer.snapshot = Some(Snapshot {
+        version: 4,
+        state: json!(null),
+    });
+    store.commit(newer).await.unwrap();
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!(
+        record.snapshot,
+        Some(Snapshot {
+            version: 4,
+            state: json!(null)
+        })
+    );
+}
+
+async fn mark_read_is_monotonic_and_clamped(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    // No journal: version 0, so the mark stays 0.
+    assert_eq!(store.mark_read(&c, 5).await.unwrap(), 0);
+    store.commit(commit("c1", 0, 3)).await.unwrap();
+    assert_eq!(store.mark_read(&c, 2).await.unwrap(), 2);
+    assert_eq!(store.mark_read(&c, 1).await.unwrap(), 2);
+    assert_eq!(store.mark_read(&c, 0).await.unwrap(), 2);
+    assert_eq!(store.mark_read(&c, 10).await.unwrap(), 3);
+    assert_eq!(store.mark_read(&c, u64::MAX).await.unwrap(), 3);
+    assert_eq!(store.load_customer(&c).await.unwrap().unwrap().read_seq, 3);
+    store.commit(commit("c1", 3, 2)).await.unwrap();
+    assert_eq!(store.load_customer(&c).await.unwrap().unwrap().read_seq, 3);
+    assert_eq!(store.mark_read(&c, 5).await.unwrap(), 5);
+}
+
+async fn outbox_pending_and_delete_in_order(store: Arc<dyn Store>) {
+    let message = |n: u8| OutboxMessage {
+        subject: format!("push.c{n}"),
+        payload: vec![n, 0, 255],
+    };
+    let mut first = commit("c1", 0, 1);
+    first.outbox = vec![message(1), message(2), message(3)];
+    let ids = store.commit(first).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut second = commit("c2", 0, 1);
+    second.outbox = vec![message(4)];
+    let later = store.commit(second).await.unwrap();
+    assert!(later[0] > ids[2]);
+
+    let pending = store.outbox_pending(2).await.unwrap();
+    assert_eq!(pending.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(pending[0].subject, "push.c1");
+    assert_eq!(pending[0].payload, [1, 0, 255]);
+
+    store.outbox_delete(&[ids[0], ids[2]]).await.unwrap();
+    store.outbox_delete(&[]).await.unwrap();
+    store.outbox_delete(&[ids[0], 999_999]).await.unwrap(); // already gone / unknown: fine
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[1], later[0]]
+    );
+    assert_eq!(pending[1].payload, [4, 0, 255]);
+}
+
+async fn concurrent_commits_for_many_customers_all_land(store: Arc<dyn Store>) {
+    const CUSTOMERS: usize = 60;
+    const COMMITS: u64 = 5;
+    let mut tasks = JoinSet::new();
+    for n in 0..CUSTOMERS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let customer = format!("many{n}");
+            let mut outbox_ids = Vec::new();
+            for step in 0..COMMITS {
+                let mut c = commit(&customer, step * 2, 2);
+                c.outbox = vec![OutboxMessage {
+                    subject: format!("push.{customer}"),
+                    payload: step.to_be_bytes().to_vec(),
+                }];
+                outbox_ids.extend(store.commit(c).await.unwrap());
+            }
+            outbox_ids
+        });
+    }
+    let mut all_ids = Vec::new();
+    while let Some(ids) = tasks.join_next().await {
+        all_ids.extend(ids.unwrap());
+    }
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), CUSTOMERS * COMMITS as usize);
+    for n in 0..CUSTOMERS {
+        let c = cid(&format!("many{n}"));
+        let record = store.load_customer(&c).await.unwrap().unwrap();
+        assert_eq!(record.version, COMMITS * 2);
+        let journal = store.journal_after(&c, 0, 100).await.unwrap();
+        assert_eq!(seqs(&journal), (1..=COMMITS * 2).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        store.outbox_pending(1000).await.unwrap().len(),
+        all_ids.len()
+    );
+}
+
+// ---- auth -------------------------------------------------------------------------------
+
+async fn credentials_insert_once(store: Arc<dyn Store>) {
+    let credential = Credential {
+        login: "+79990000001".into(),
+        customer_id: cid("c1"),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+    };
+    assert_eq!(store.credential(&credential.login).await.unwrap(), None);
+    assert!(store.insert_credential(&credential).await.unwrap());
+    let other = Credential {
+        customer_id: cid("c2"),
+        password_hash: "other".into(),
+        ..credential.clone()
+    };
+    assert!(!store.insert_credential(&other).await.unwrap());
+    assert_eq!(
+        store.credential(&credential.login).await.unwrap(),
+        Some(credential)
+    );
+}
+
+async fn sessions_create_read_revoke(store: Arc<dyn Store>) {
+    let session = SessionRecord {
+        id: "s1".into(),
+        customer_id: cid("c1"),
+        device_id: "d1".into(),
+        created_at: kernel::now(),
+        revoked: false,
+    };
+    assert_eq!(store.session("s1").await.unwrap(), None);
+    store.create_session(&session).await.unwrap();
+    assert_eq!(
+        store.create_session(&session).await,
+        Err(StoreError::Duplicate)
+    );
+    assert_eq!(store.session("s1").await.unwrap(), Some(session.clone()));
+    store.revoke_session("s1").await.unwrap();
+    store.revoke_session("s1").await.unwrap();
+    assert_eq!(
+        store.session("s1").await.unwrap(),
+        Some(SessionRecord {
+            revoked: true,
+            ..session
+        })
+    );
+    assert_eq!(
+        store.revoke_session("nope").await,
+        Err(StoreError::NotFound)
+    );
+}
+
+async fn secret_get_or_insert_under_concurrency(store: Arc<dyn Store>) {
+    let mut tasks = JoinSet::new();
+    for n in 0..12u8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.secret("jwt", &[n; 32]).await.unwrap() });
+    }
+    let mut values = Vec::new();
+    while let Some(value) = tasks.join_next().await {
+        values.push(value.unwrap());
+    }
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "nodes disagree on the secret"
+    );
+    assert_eq!(values[0].len(), 32);
+    assert_eq!(store.secret("jwt", b"later").await.unwrap(), values[0]);
+    assert_eq!(store.secret("other", b"mine").await.unwrap(), b"mine");
+}
+
+// ---- reference ABS ----------------------------------------------------------------------
+
+fn abs_customer(id: &str, phone: &str) -> AbsCustomer {
+    AbsCustomer {
+        id: cid(id),
+        phone: phone.into(),
+        name: "Анна Петрова".into(),
+        language: "ru".into(),
+    }
+}
+
+fn product(customer: &str, id: &str, kind: &str, balance: i64) -> AbsProduct {
+    AbsProduct {
+        id: id.into(),
+        customer_id: cid(customer),
+        kind: kind.into(),
+        title: format!("{kind} {id}"),
+        status: "active".into(),
+        currency: "RUB".into(),
+        balance_minor: balance,
+        details: json!({"masked_pan": "427600******1234", "rate": "12.5"}),
+    }
+}
+
+async fn seed_account(store: &dyn Store, balance: i64) {
+    let inserted = store
+        .abs_seed(
+            &abs_customer("c1", "+79990000001"),
+            &[product("c1", "acc1", "account", balance)],
+        )
+        .await
+        .unwrap();
+    assert!(inserted);
+}
+
+fn posting(id: &str, account: &str, amount: i64) -> AbsPosting {
+    AbsPosting {
+        id: id.into(),
+        account_id: account.into(),
+        amount_minor: amount,
+        floor_minor: 0,
+        description: "Coffee".into(),
+        mcc: Some("5814".into()),
+        counterparty: None,
+    }
+}
+
+async fn balance(store: &dyn Store, account: &str) -> i64 {
+    store
+        .abs_products(&cid("c1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == account)
+        .map(|p| p.balance_minor)
+        .unwrap()
+}
+
+async fn abs_seed_is_idempotent(store: Arc<dyn Store>) {
+    let customer = abs_customer("c1", "+79990000001");
+    let products = vec![
+        product("c1", "z-acc", "account", 100_00),
+        product("c1", "a-card", "card", 0),
+        product("c1", "m-loan", "loan", -5000_00),
+    ];
+    assert!(store.abs_seed(&customer, &products).await.unwrap());
+    let changed = vec![product("c1", "z-acc", "account", 1)];
+    assert!(!store.abs_seed(&customer, &changed).await.unwrap());
+    assert_eq!(
+        store.abs_customer(&cid("c1")).await.unwrap(),
+        Some(customer.clone())
+    );
+    assert_eq!(
+        store.abs_customer_by_phone("+79990000001").await.unwrap(),
+        Some(customer)
+    );
+    assert_eq!(
+        store.abs_customer_by_phone("+70000000000").await.unwrap(),
+        None
+    );
+    assert_eq!(store.abs_customer(&cid("c2")).await.unwrap(), None);
+    // Products come back as seeded, in seeding order.
+    assert_eq!(store.abs_products(&cid("c1")).await.unwrap(), products);
+    assert!(store.abs_products(&cid("c2")).await.unwrap().is_empty());
+
+    // A product naming another customer is refused and nothing of the seed lands.
+    let stray = [product("c9", "stray", "account", 0)];
+    assert!(
+        store
+            .abs_seed(&abs_customer("c3", "+79990000003"), &stray)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.abs_customer(&cid("c3")).await.unwrap(), None);
+}
+
+async fn abs_post_moves_money(store: Arc<dyn Store>) {
+    seed_account(&*store, 500_00).await;
+    let debit = store
+        .abs_post(&posting("p1", "acc1", -120_50))
+        .await
+        .unwrap();
+    assert_eq!(debit.customer_id, cid("c1"));
+    assert_eq!(debit.currency, "RUB");
+    assert_eq!(debit.balance_minor, 379_50);
+    assert!(!debit.duplicate);
+    let credit = store.abs_post(&posting("p2", "acc1", 20_50)).await.unwrap();
+    assert_eq!(credit.balance_minor, 400_00);
+    assert!(credit.at >= debit.at);
+    // Exactly to the floor is allowed; overdraft floors go below zero.
+    let all = store
+        .abs_post(&posting("p3", "acc1", -400_00))
+        .await
+        .unwrap();
+    assert_eq!(all.balance_minor, 0);
+    let overdraft = AbsPosting {
+        floor_minor: -100_00,
+        ..posting("p4", "acc1", -100_00)
+    };
+    assert_eq!(
+        store.abs_post(&overdraft).await.unwrap().balance_minor,
+        -100_00
+    );
+    assert_eq!(balance(&*store, "acc1").await, -100_00);
+}
+
+async fn abs_post_unknown_account_is_not_found(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.abs_post(&posting("p1", "missing", 1)).await,
+        Err(StoreError::NotFound)
+    );
+    seed_account(&*store, 0).await;
+    assert_eq!(
+        store.abs_post(&posting("p1", "missing", 1)).await,
+        Err(StoreError::NotFound)
+    );
+}
+
+async fn abs_post_insufficient_funds_changes_nothing(store: Arc<dyn Store>) {
+    seed_account(&*store, 10_00).await;
+    assert_eq!(
+        store.abs_post(&posting("p1", "acc1", -10_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    assert_eq!(balance(&*store, "acc1").await, 10_00);
+    // The refusal was not recorded: the same id may succeed once funds arrive.
+    store
+        .abs_post(&posting("top-up", "acc1", 5_00))
+        .await
+        .unwrap();
+    let retried = store
+        .abs_post(&posting("p1", "acc1", -10_01))
+        .await
+        .unwrap();
+    assert!(!retried.duplicate);
+    assert_eq!(retried.balance_minor, 4_99);
+    // Overflow is refused too, not wrapped.
+    assert!(matches!(
+        store.abs_post(&posting("huge", "acc1", i64::MAX)).await,
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(balance(&*store, "acc1").await, 4_99);
+}
+
+async fn abs_post_duplicate_returns_first_result(store: Arc<dyn Store>) {
+    seed_account(&*store, 100_00).await;
+    let first = store
+        .abs_post(&posting("p1", "acc1", -30_00))
+        .await
+        .unwrap();
+    let repeat = store
+        .abs_post(&posting("p1", "acc1", -30_00))
+        .await
+        .unwrap();
+    assert!(repeat.duplicate);
+    assert_eq!(
+        repeat,
+        kernel::store::AbsPostingResult {
+            duplicate: true,
+            ..first
+        }
+    );
+    // Even a repeat with another body answers with the first result and moves nothing.
+    let odd = store
+        .abs_post(&posting("p1", "acc1", -99_00))
+        .await
+        .unwrap();
+    assert_eq!((odd.balance_minor, odd.duplicate), (70_00, true));
+    assert_eq!(balance(&*store, "acc1").await, 70_00);
+}
+
+async fn abs_post_concurrent_duplicates_move_money_once(store: Arc<dyn Store>) {
+    seed_account(&*store, 100_00).await;
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .abs_post(&posting("p1", "acc1", -10_00))
+                .await
+                .unwrap()
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        results.push(result.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.balance_minor == 90_00));
+    assert_eq!(balance(&*store, "acc1").await, 90_00);
+}
+
+// ---- backend specific -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reopened_file_has_everything() {
+    let dir = TempDir::new();
+    let c = cid("c1");
+    let (outbox_ids, first_post) = {
+        let store = store::open(None, &dir.0).await.unwrap();
+        let mut first = commit("c1", 0, 3);
+        first.snapshot = Some(Snapshot {
+            version: 3,
+            state: json!({"k": "v"}),
+        });
+        first.outbox = vec![OutboxMessage {
+            subject: "push.c1".into(),
+            payload: b"hello".to_vec(),
+        }];
+        let ids = store.commit(first).await.unwrap();
+        store.mark_read(&c, 2).await.unwrap();
+        store.secret("jwt", b"first").await.unwrap();
+        seed_account(&*store, 50_00).await;
+        let post = store.abs_post(&posting("p1", "acc1", -1_00)).await.unwrap();
+        (ids, post)
+    };
+    assert!(dir.0.join(store::SQLITE_FILE).exists());
+
+    // Reopening runs the migrations again: they must be a no-op.
+    let store = store::open(None, &dir.0).await.unwrap();
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!((record.version, record.read_seq), (3, 2));
+    assert_eq!(record.snapshot.unwrap().state, json!({"k": "v"}));
+    assert_eq!(
+        seqs(&store.journal_after(&c, 0, 10).await.unwrap()),
+        [1, 2, 3]
+    );
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(pending.iter().map(|r| r.id).collect::<Vec<_>>(), outbox_ids);
+    assert_eq!(store.secret("jwt", b"second").await.unwrap(), b"first");
+    assert_eq!(balance(&*store, "acc1").await, 49_00);
+    let repeat = store.abs_post(&posting("p1", "acc1", -1_00)).await.unwrap();
+    assert_eq!((repeat.at, repeat.duplicate), (first_post.at, true));
+    // The next commit continues the journal.
+    store.commit(commit("c1", 3, 1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_corrupt_rows_are_reported_not_panicked() {
+    use sqlx::{ConnectOptions as _, Executor as _};
+    let dir = TempDir::new();
+    let store = store::open(None, &dir.0).await.unwrap();
+    store.commit(commit("c1", 0, 1)).await.unwrap();
+    store.commit(commit("c2", 0, 1)).await.unwrap();
+    store.commit(commit("c3", 0, 1)).await.unwrap();
+    let mut raw = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.0.join(store::SQLITE_FILE))
+        .connect()
+        .await
+        .unwrap();
+    raw.execute(
+        "UPDATE journal SET data = 'not json' WHERE customer_id = 'c1';
+         UPDATE customers SET version = -4 WHERE id = 'c2';
+         UPDATE journal SET at_ms = 'yesterday' WHERE customer_id = 'c3';
+         UPDATE customers SET snapshot_version = 1 WHERE id = 'c3';",
+    )
+    .await
+    .unwrap();
+    let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt(_)));
+    assert!(corrupt(
+        store.journal_after(&cid("c1"), 0, 10).await.map(|_| ())
+    ));
+    assert!(corrupt(
+        store.feed_page(&cid("c1"), None, 10).await.map(|_| ())
+    ));
+    assert!(corrupt(store.load_customer(&cid("c2")).await.map(|_| ())));
+    assert!(corrupt(
+        store.journal_after(&cid("c3"), 0, 10).await.map(|_| ())
+    ));
+    assert!(corrupt(store.load_customer(&cid("c3")).await.map(|_| ())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_open_creates_missing_folders() {
+    let dir = TempDir::new();
+    let nested = dir.0.join("a").join("b");
+    let store = store::SqliteStore::open(&nested.join("x.db"))
+        .await
+        .unwrap();
+    store.commit(commit("c1", 0, 1)).await.unwrap();
+    assert!(nested.join("x.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nodes_starting_together_migrate_once() {
+    let db = testkit::PgDatabase::create().await.unwrap();
+    let mut nodes = JoinSet::new();
+    for _ in 0..4 {
+        let url = db.url.clone();
+        nodes.spawn(async move { store::PgStore::connect(&url).await.map(|_| ()) });
+    }
+    while let Some(node) = nodes.join_next().await {
+        node.unwrap().expect("every node starts");
+    }
+    // A node restarting later sees the data of another.
+    let first = store::PgStore::connect(&db.url).await.unwrap();
+    first.commit(commit("c1", 0, 2)).await.unwrap();
+    drop(first);
+    let again: Arc<dyn Store> = Arc::new(store::PgStore::connect(&db.url).await.unwrap());
+    assert_eq!(
+        again
+            .load_customer(&cid("c1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn open_refuses_unknown_urls_without_echoing_them() {
+    let dir = TempDir::new();
+    let Err(StoreError::Unavailable(message)) =
+        store::open(Some("mysql://user:secret@host/db"), &dir.0).await
+    else {
+        panic!("a mysql URL must be refused");
+    };
+    assert!(!message.contains("secret"));
+    let Err(StoreError::Unavailable(message)) =
+        store::open(Some("postgres://user:secret@127.0.0.1:1/db"), &dir.0).await
+    else {
+        panic!("an unreachable server is Unavailable");
+    };
+    assert!(!message.contains("secret"), "{message}");
+}
+
+/// Store futures must be `Send`: nodes spawn them.
+#[allow(dead_code)]
+fn futures_are_send(dir: &std::path::Path) {
+    fn send<T: Send>(_: T) {}
+    send(store::open(None, dir));
+    send(store::SqliteStore::open(dir));
+    send(store::PgStore::connect(""));
+}

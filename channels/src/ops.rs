@@ -24,8 +24,8 @@ pub(crate) async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResp
     let bus_ok = tokio::time::timeout(std::time::Duration::from_secs(2), gateway.bus.flush())
         .await
         .is_ok_and(|r| r.is_ok());
-    let owned = gateway.node.owned().borrow().len();
-    let body = serde_json::json!({"store": store_ok, "bus": bus_ok, "partitions_owned": owned});
+    let owned: Vec<u32> = gateway.node.owned().borrow().iter().copied().collect();
+    let body = serde_json::json!({"store": store_ok, "bus": bus_ok, "partitions": owned});
     let status = if store_ok && bus_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body))
 }

@@ -39,7 +39,10 @@ impl ApiError {
 }
 
 /// `GET /v1/notification-preferences`: the saved preferences with every kind's effective rule.
-pub async fn get_preferences(store: &dyn NotifierStore, customer: &CustomerId) -> Result<Preferences, ApiError> {
+pub async fn get_preferences(
+    store: &dyn NotifierStore,
+    customer: &CustomerId,
+) -> Result<Preferences, ApiError> {
     let mut prefs = store.preferences(customer).await?.unwrap_or_default();
     for kind in crate::model::Kind::ALL {
         let rule = prefs.rule(kind);
@@ -85,14 +88,17 @@ pub async fn register_device(
         && reg.token.len() <= 4096
         && reg.token.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
     if !token_ok {
-        return Err(ApiError::InvalidDevice("token must be 1 to 4096 printable characters without '/'".into()));
+        return Err(ApiError::InvalidDevice(
+            "token must be 1 to 4096 printable characters without '/'".into(),
+        ));
     }
-    let language = match reg.language.as_deref() {
-        None => None,
-        Some(raw) => Some(
-            Language::parse(raw).ok_or_else(|| ApiError::InvalidDevice("language must be \"ru\" or \"en\"".into()))?,
-        ),
-    };
+    let language =
+        match reg.language.as_deref() {
+            None => None,
+            Some(raw) => Some(Language::parse(raw).ok_or_else(|| {
+                ApiError::InvalidDevice("language must be \"ru\" or \"en\"".into())
+            })?),
+        };
     let device = Device {
         platform,
         token: reg.token,
@@ -103,7 +109,11 @@ pub async fn register_device(
 }
 
 /// `DELETE /v1/devices/{token}`: only the customer's own devices.
-pub async fn delete_device(store: &dyn NotifierStore, customer: &CustomerId, token: &str) -> Result<(), ApiError> {
+pub async fn delete_device(
+    store: &dyn NotifierStore,
+    customer: &CustomerId,
+    token: &str,
+) -> Result<(), ApiError> {
     if store.remove_device(customer, token).await? {
         Ok(())
     } else {
@@ -124,20 +134,47 @@ mod tests {
         let other = CustomerId::parse("c2").unwrap();
         let shown = get_preferences(&store, &me).await.unwrap();
         assert_eq!(shown.kinds[&Kind::Code].channels, vec![Channel::Sms]);
-        let put = put_preferences(&store, &me, br#"{"language":"en","kinds":{"offer":{"channels":["email"]}}}"#)
-            .await
-            .unwrap();
+        let put = put_preferences(
+            &store,
+            &me,
+            br#"{"language":"en","kinds":{"offer":{"channels":["email"]}}}"#,
+        )
+        .await
+        .unwrap();
         assert_eq!(put.language, Some(Language::En));
         assert_eq!(put.kinds[&Kind::Offer].channels, vec![Channel::Email]);
-        let err = put_preferences(&store, &me, br#"{"kinds":{"code":{"channels":[]}}}"#).await.unwrap_err();
+        let err = put_preferences(&store, &me, br#"{"kinds":{"code":{"channels":[]}}}"#)
+            .await
+            .unwrap_err();
         assert_eq!((err.code(), err.status()), ("invalid_preferences", 422));
-        assert_eq!(put_preferences(&store, &me, b"{\"surprise\":1}").await.unwrap_err().code(), "invalid_preferences");
+        assert_eq!(
+            put_preferences(&store, &me, b"{\"surprise\":1}")
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_preferences"
+        );
 
-        let device = register_device(&store, &me, br#"{"platform":"ios","token":"abc","language":"ru"}"#).await.unwrap();
+        let device = register_device(
+            &store,
+            &me,
+            br#"{"platform":"ios","token":"abc","language":"ru"}"#,
+        )
+        .await
+        .unwrap();
         assert_eq!(device.platform, Platform::Ios);
         assert_eq!(store.devices(&me).await.unwrap(), vec![device]);
-        assert_eq!(register_device(&store, &me, br#"{"platform":"nokia","token":"x"}"#).await.unwrap_err().code(), "invalid_device");
-        assert_eq!(delete_device(&store, &other, "abc").await.unwrap_err(), ApiError::DeviceNotFound);
+        assert_eq!(
+            register_device(&store, &me, br#"{"platform":"nokia","token":"x"}"#)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_device"
+        );
+        assert_eq!(
+            delete_device(&store, &other, "abc").await.unwrap_err(),
+            ApiError::DeviceNotFound
+        );
         delete_device(&store, &me, "abc").await.unwrap();
         assert!(store.devices(&me).await.unwrap().is_empty());
     }

@@ -13,7 +13,10 @@ use crate::worker::Providers;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("{var} is required when {because}")]
-    Missing { var: &'static str, because: &'static str },
+    Missing {
+        var: &'static str,
+        because: &'static str,
+    },
     #[error("{var} is invalid: {reason}")]
     Invalid { var: &'static str, reason: String },
 }
@@ -51,13 +54,26 @@ impl NotifierConfig {
         let url_var = |var: &'static str| -> Result<Option<String>, ConfigError> {
             match get(var) {
                 None => Ok(None),
-                Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(Some(url)),
-                Some(_) => Err(ConfigError::Invalid { var, reason: "must be an http:// or https:// URL".into() }),
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Ok(Some(url))
+                }
+                Some(_) => Err(ConfigError::Invalid {
+                    var,
+                    reason: "must be an http:// or https:// URL".into(),
+                }),
             }
         };
-        let sms = match (get("ARBAT_SMS_PROVIDER").as_deref(), url_var("ARBAT_SMS_URL")?) {
+        let sms = match (
+            get("ARBAT_SMS_PROVIDER").as_deref(),
+            url_var("ARBAT_SMS_URL")?,
+        ) {
             (Some("twilio"), url) => {
-                let need = |var: &'static str| get(var).ok_or(ConfigError::Missing { var, because: "ARBAT_SMS_PROVIDER=twilio" });
+                let need = |var: &'static str| {
+                    get(var).ok_or(ConfigError::Missing {
+                        var,
+                        because: "ARBAT_SMS_PROVIDER=twilio",
+                    })
+                };
                 Some(SmsConfig::Twilio(TwilioConfig {
                     base_url: url.unwrap_or_else(|| "https://api.twilio.com".into()),
                     account_sid: need("ARBAT_TWILIO_ACCOUNT_SID")?,
@@ -84,9 +100,12 @@ impl NotifierConfig {
             None => None,
             Some(path) => {
                 let var = "ARBAT_FCM_SERVICE_ACCOUNT";
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::Invalid { var, reason: format!("reading {path}: {e}") })?;
-                let account = ServiceAccount::from_json(&text).map_err(|reason| ConfigError::Invalid { var, reason })?;
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                    var,
+                    reason: format!("reading {path}: {e}"),
+                })?;
+                let account = ServiceAccount::from_json(&text)
+                    .map_err(|reason| ConfigError::Invalid { var, reason })?;
                 Some(FcmConfig::new(account, fcm_base))
             }
         };
@@ -94,14 +113,17 @@ impl NotifierConfig {
             None => None,
             Some(path) => {
                 let because = "ARBAT_APNS_KEY is set";
-                let need = |var: &'static str| get(var).ok_or(ConfigError::Missing { var, because });
+                let need =
+                    |var: &'static str| get(var).ok_or(ConfigError::Missing { var, because });
                 let key_pem = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
                     var: "ARBAT_APNS_KEY",
                     reason: format!("reading {path}: {e}"),
                 })?;
-                jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| ConfigError::Invalid {
-                    var: "ARBAT_APNS_KEY",
-                    reason: format!("not a P-256 p8 key: {e}"),
+                jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| {
+                    ConfigError::Invalid {
+                        var: "ARBAT_APNS_KEY",
+                        reason: format!("not a P-256 p8 key: {e}"),
+                    }
                 })?;
                 Some(ApnsConfig::new(
                     key_pem,
@@ -119,11 +141,20 @@ impl NotifierConfig {
                     var: "ARBAT_MAIL_FROM",
                     because: "ARBAT_SMTP_URL is set",
                 })?;
-                Smtp::check(&url, &from).map_err(|reason| ConfigError::Invalid { var: "ARBAT_SMTP_URL", reason })?;
+                Smtp::check(&url, &from).map_err(|reason| ConfigError::Invalid {
+                    var: "ARBAT_SMTP_URL",
+                    reason,
+                })?;
                 Some((url, from))
             }
         };
-        Ok(Self { sms, fcm, apns, smtp, timeout })
+        Ok(Self {
+            sms,
+            fcm,
+            apns,
+            smtp,
+            timeout,
+        })
     }
 
     /// Builds the providers. With no SMS gateway, `demo_console_sms` prints SMS to the
@@ -133,27 +164,48 @@ impl NotifierConfig {
             Some(SmsConfig::Json(c)) => Arc::new(JsonGateway::new(c.clone())),
             Some(SmsConfig::Twilio(c)) => Arc::new(Twilio::new(c.clone())),
             None if demo_console_sms => Arc::new(ConsoleSms),
-            None => return Err(ConfigError::Missing { var: "ARBAT_SMS_URL", because: "running in a cluster" }),
+            None => {
+                return Err(ConfigError::Missing {
+                    var: "ARBAT_SMS_URL",
+                    because: "running in a cluster",
+                });
+            }
         };
         let fcm = self
             .fcm
             .clone()
             .map(|c| Fcm::new(c).map(|p| Arc::new(p) as Arc<dyn crate::Provider>))
             .transpose()
-            .map_err(|reason| ConfigError::Invalid { var: "ARBAT_FCM_SERVICE_ACCOUNT", reason })?;
+            .map_err(|reason| ConfigError::Invalid {
+                var: "ARBAT_FCM_SERVICE_ACCOUNT",
+                reason,
+            })?;
         let apns = self
             .apns
             .clone()
             .map(|c| Apns::new(c).map(|p| Arc::new(p) as Arc<dyn crate::Provider>))
             .transpose()
-            .map_err(|reason| ConfigError::Invalid { var: "ARBAT_APNS_KEY", reason })?;
+            .map_err(|reason| ConfigError::Invalid {
+                var: "ARBAT_APNS_KEY",
+                reason,
+            })?;
         let email = self
             .smtp
             .as_ref()
-            .map(|(url, from)| Smtp::new(url, from, self.timeout).map(|p| Arc::new(p) as Arc<dyn crate::Provider>))
+            .map(|(url, from)| {
+                Smtp::new(url, from, self.timeout).map(|p| Arc::new(p) as Arc<dyn crate::Provider>)
+            })
             .transpose()
-            .map_err(|reason| ConfigError::Invalid { var: "ARBAT_SMTP_URL", reason })?;
-        Ok(Providers { fcm, apns, sms: Some(sms), email })
+            .map_err(|reason| ConfigError::Invalid {
+                var: "ARBAT_SMTP_URL",
+                reason,
+            })?;
+        Ok(Providers {
+            fcm,
+            apns,
+            sms: Some(sms),
+            email,
+        })
     }
 }
 
@@ -163,7 +215,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -173,17 +228,35 @@ mod tests {
         assert!(empty.sms.is_none() && empty.fcm.is_none());
         assert_eq!(
             empty.providers(false).err().unwrap(),
-            ConfigError::Missing { var: "ARBAT_SMS_URL", because: "running in a cluster" }
+            ConfigError::Missing {
+                var: "ARBAT_SMS_URL",
+                because: "running in a cluster"
+            }
         );
         assert!(empty.providers(true).is_ok());
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
             (vec![("ARBAT_SMS_URL", "ftp://x")], "ARBAT_SMS_URL"),
-            (vec![("ARBAT_SMS_PROVIDER", "twilio")], "ARBAT_TWILIO_ACCOUNT_SID"),
+            (
+                vec![("ARBAT_SMS_PROVIDER", "twilio")],
+                "ARBAT_TWILIO_ACCOUNT_SID",
+            ),
             (vec![("ARBAT_SMS_PROVIDER", "pigeon")], "ARBAT_SMS_PROVIDER"),
-            (vec![("ARBAT_FCM_SERVICE_ACCOUNT", "/nonexistent.json")], "ARBAT_FCM_SERVICE_ACCOUNT"),
-            (vec![("ARBAT_APNS_KEY", "/nonexistent.p8")], "ARBAT_APNS_KEY"),
-            (vec![("ARBAT_SMTP_URL", "smtp://127.0.0.1:25")], "ARBAT_MAIL_FROM"),
-            (vec![("ARBAT_SMTP_URL", "imap://x"), ("ARBAT_MAIL_FROM", "a@b.c")], "ARBAT_SMTP_URL"),
+            (
+                vec![("ARBAT_FCM_SERVICE_ACCOUNT", "/nonexistent.json")],
+                "ARBAT_FCM_SERVICE_ACCOUNT",
+            ),
+            (
+                vec![("ARBAT_APNS_KEY", "/nonexistent.p8")],
+                "ARBAT_APNS_KEY",
+            ),
+            (
+                vec![("ARBAT_SMTP_URL", "smtp://127.0.0.1:25")],
+                "ARBAT_MAIL_FROM",
+            ),
+            (
+                vec![("ARBAT_SMTP_URL", "imap://x"), ("ARBAT_MAIL_FROM", "a@b.c")],
+                "ARBAT_SMTP_URL",
+            ),
         ];
         for (vars, named) in cases {
             let err = NotifierConfig::from_lookup(lookup(&vars)).unwrap_err();

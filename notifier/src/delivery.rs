@@ -85,7 +85,13 @@ impl Metrics {
         let mut rows: Vec<_> = self
             .counters
             .iter()
-            .map(|e| (e.key().0.clone(), e.key().1, e.value().load(Ordering::Relaxed)))
+            .map(|e| {
+                (
+                    e.key().0.clone(),
+                    e.key().1,
+                    e.value().load(Ordering::Relaxed),
+                )
+            })
             .collect();
         rows.sort();
         let mut out = String::from(
@@ -114,7 +120,9 @@ mod tests {
         m.incr("sms", "retry");
         assert_eq!(m.get("fcm", "accepted"), 2);
         let text = m.render_prometheus();
-        assert!(text.contains("arbat_notifier_sends_total{provider=\"fcm\",result=\"accepted\"} 2\n"));
+        assert!(
+            text.contains("arbat_notifier_sends_total{provider=\"fcm\",result=\"accepted\"} 2\n")
+        );
         assert!(text.contains("{provider=\"sms\",result=\"retry\"} 1"));
     }
 }

@@ -50,7 +50,9 @@ pub use model::{
     Preferences, Priority, is_request_subject,
 };
 pub use providers::{Outgoing, Provider, SendError};
-pub use queue::{Delivery, JetStreamQueue, JetStreamQueueConfig, QueueError, StoreQueue, WorkQueue};
+pub use queue::{
+    Delivery, JetStreamQueue, JetStreamQueueConfig, QueueError, StoreQueue, WorkQueue,
+};
 pub use store::{MemoryStore, NotifStoreError, NotifierStore, SendState, SqlStore};
 pub use templates::Templates;
 pub use worker::{Notifier, Providers, RateLimit, WorkerHandle, WorkerOptions};

@@ -7,7 +7,9 @@
 /// Anything that is not 13 to 19 digits becomes `****`.
 pub fn mask_pan(pan: &str) -> String {
     let digits: String = pan.chars().filter(char::is_ascii_digit).collect();
-    let shape_ok = pan.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-' || c == '*');
+    let shape_ok = pan
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == ' ' || c == '-' || c == '*');
     if shape_ok && (13..=19).contains(&digits.len()) {
         format!(
             "{}{}{}",
@@ -79,12 +81,24 @@ mod tests {
     fn masks_pans_in_any_shape() {
         let cases = [
             ("2200000000001234", "220000******1234"),
-            ("Card 4111 1111 1111 1111 charged", "Card 411111******1111 charged"),
+            (
+                "Card 4111 1111 1111 1111 charged",
+                "Card 411111******1111 charged",
+            ),
             ("4111-1111-1111-1111.", "411111******1111."),
-            ("PAN 5555555555554444, 1234567890123456789", "PAN 555555******4444, 123456*********6789"),
-            ("Amount 1 234,50 RUB on 04.12.2026", "Amount 1 234,50 RUB on 04.12.2026"),
+            (
+                "PAN 5555555555554444, 1234567890123456789",
+                "PAN 555555******4444, 123456*********6789",
+            ),
+            (
+                "Amount 1 234,50 RUB on 04.12.2026",
+                "Amount 1 234,50 RUB on 04.12.2026",
+            ),
             ("code 123456", "code 123456"),
-            ("account 40817810099910004312", "account ********************"),
+            (
+                "account 40817810099910004312",
+                "account ********************",
+            ),
         ];
         for (raw, masked) in cases {
             assert_eq!(mask_pans(raw), masked, "{raw}");

@@ -214,7 +214,10 @@ impl NotificationRequest {
             serde_json::from_slice(bytes).map_err(|e| format!("malformed request: {e}"))?;
         if request.id.is_empty()
             || request.id.len() > MAX_REQUEST_ID_LEN
-            || request.id.chars().any(|c| c.is_control() || c.is_whitespace())
+            || request
+                .id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(format!(
                 "invalid request id: 1 to {MAX_REQUEST_ID_LEN} printable characters"
@@ -457,7 +460,8 @@ mod tests {
     #[test]
     fn request_round_trip_and_validation() {
         let c = CustomerId::parse("c1").unwrap();
-        let r = NotificationRequest::new("r-1", c, Kind::Code, serde_json::json!({"code":"123456"}));
+        let r =
+            NotificationRequest::new("r-1", c, Kind::Code, serde_json::json!({"code":"123456"}));
         assert_eq!(r.subject(), "notify.req.high");
         assert_eq!(NotificationRequest::from_json(&r.to_json()).unwrap(), r);
         assert!(is_request_subject(&r.outbox_message().subject));
@@ -476,13 +480,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.quiet_hours.unwrap().start, 22 * 60);
-        assert_eq!(p.rule(Kind::Transaction).channels, vec![Channel::Push, Channel::Email]);
+        assert_eq!(
+            p.rule(Kind::Transaction).channels,
+            vec![Channel::Push, Channel::Email]
+        );
         assert_eq!(p.rule(Kind::Code).channels, vec![Channel::Sms]);
         assert!(p.validate().is_ok());
         let bad: Preferences =
             serde_json::from_str(r#"{"kinds":{"code":{"channels":["in_app"]}}}"#).unwrap();
         assert!(bad.validate().is_err());
-        assert!(serde_json::from_str::<Preferences>(r#"{"quiet_hours":{"start":"25:00","end":"08:00"}}"#).is_err());
+        assert!(
+            serde_json::from_str::<Preferences>(
+                r#"{"quiet_hours":{"start":"25:00","end":"08:00"}}"#
+            )
+            .is_err()
+        );
         assert_eq!(Language::parse("ru-RU"), Some(Language::Ru));
         assert_eq!(Language::parse("de"), None);
     }

@@ -150,9 +150,16 @@ mod tests {
             (40, 0.0, Duration::from_secs(1)),
         ];
         for (attempt, jitter, expected) in table {
-            assert_eq!(b.delay(attempt, jitter, None), expected, "{attempt} {jitter}");
+            assert_eq!(
+                b.delay(attempt, jitter, None),
+                expected,
+                "{attempt} {jitter}"
+            );
         }
-        assert_eq!(b.delay(1, 0.3, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(
+            b.delay(1, 0.3, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
     }
 
     #[test]
@@ -162,7 +169,10 @@ mod tests {
         assert!(bucket.try_take(t0).is_ok());
         assert!(bucket.try_take(t0).is_ok());
         let wait = bucket.try_take(t0).unwrap_err();
-        assert!(wait <= Duration::from_millis(100) && wait > Duration::from_millis(90), "{wait:?}");
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::from_millis(90),
+            "{wait:?}"
+        );
         assert!(bucket.try_take(t0 + Duration::from_millis(100)).is_ok());
         assert!(bucket.try_take(t0 + Duration::from_millis(100)).is_err());
         // Never more than the capacity after a long idle time.

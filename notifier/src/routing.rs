@@ -70,7 +70,8 @@ pub fn plan(
     }
     let planned = |steps: &[Step], channel: Channel| {
         steps.iter().any(|s| {
-            s.target.channel() == channel || s.fallback.as_ref().is_some_and(|f| f.channel() == channel)
+            s.target.channel() == channel
+                || s.fallback.as_ref().is_some_and(|f| f.channel() == channel)
         })
     };
     for channel in channels {
@@ -156,7 +157,12 @@ mod tests {
     use time::macros::datetime;
 
     fn request(kind: Kind) -> NotificationRequest {
-        NotificationRequest::new("r", CustomerId::parse("c1").unwrap(), kind, serde_json::json!({}))
+        NotificationRequest::new(
+            "r",
+            CustomerId::parse("c1").unwrap(),
+            kind,
+            serde_json::json!({}),
+        )
     }
     fn device() -> Device {
         Device {
@@ -188,18 +194,27 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn plans_by_kind_devices_and_preferences() {
         let noon = datetime!(2026-12-04 09:00 UTC); // 12:00 local
         let p = prefs();
         let cases: Vec<(Kind, Vec<Device>, Vec<(Channel, Option<Channel>)>)> = vec![
             (Kind::Code, vec![device()], vec![(Channel::Sms, None)]),
-            (Kind::Transaction, vec![device()], vec![(Channel::Push, Some(Channel::Sms))]),
+            (
+                Kind::Transaction,
+                vec![device()],
+                vec![(Channel::Push, Some(Channel::Sms))],
+            ),
             (Kind::Transaction, vec![], vec![(Channel::Sms, None)]),
             (Kind::Offer, vec![device()], vec![(Channel::InApp, None)]),
             (Kind::Mail, vec![], vec![(Channel::Email, None)]),
         ];
         for (kind, devices, expected) in cases {
-            assert_eq!(channels(&plan(&request(kind), &p, &devices, noon)), expected, "{kind:?}");
+            assert_eq!(
+                channels(&plan(&request(kind), &p, &devices, noon)),
+                expected,
+                "{kind:?}"
+            );
         }
         let mut custom = prefs();
         custom.kinds.insert(
@@ -211,17 +226,26 @@ mod tests {
         );
         // SMS is already the push fallback: not planned twice.
         assert_eq!(
-            channels(&plan(&request(Kind::Transaction), &custom, &[device()], noon)),
+            channels(&plan(
+                &request(Kind::Transaction),
+                &custom,
+                &[device()],
+                noon
+            )),
             vec![(Channel::Push, Some(Channel::Sms)), (Channel::Email, None)]
         );
         let mut nophone = prefs();
         nophone.phone = None;
         let d = plan(&request(Kind::Transaction), &nophone, &[], noon);
-        assert!(matches!(d, Decision::Send { ref steps, ref skipped } if steps.is_empty() && skipped == &[(Channel::Push, "no_device")]));
+        assert!(
+            matches!(d, Decision::Send { ref steps, ref skipped } if steps.is_empty() && skipped == &[(Channel::Push, "no_device")])
+        );
         let mut with_phone = request(Kind::Code);
         with_phone.phone = Some("+79990000002".into());
         let d = plan(&with_phone, &Preferences::default(), &[], noon);
-        assert!(matches!(d, Decision::Send { ref steps, .. } if steps[0].target == Target::Sms { phone: "+79990000002".into() }));
+        assert!(
+            matches!(d, Decision::Send { ref steps, .. } if steps[0].target == Target::Sms { phone: "+79990000002".into() })
+        );
     }
 
     #[test]
@@ -235,14 +259,29 @@ mod tests {
             }
         );
         let early = datetime!(2026-12-05 04:59 UTC); // 07:59 local
-        assert!(matches!(plan(&request(Kind::Transaction), &p, &[device()], early), Decision::Defer { .. }));
+        assert!(matches!(
+            plan(&request(Kind::Transaction), &p, &[device()], early),
+            Decision::Defer { .. }
+        ));
         let morning = datetime!(2026-12-05 05:00 UTC);
-        assert!(matches!(plan(&request(Kind::Transaction), &p, &[device()], morning), Decision::Send { .. }));
+        assert!(matches!(
+            plan(&request(Kind::Transaction), &p, &[device()], morning),
+            Decision::Send { .. }
+        ));
         for kind in [Kind::Code, Kind::SecurityAlert, Kind::Offer] {
-            assert!(matches!(plan(&request(kind), &p, &[device()], late), Decision::Send { .. }), "{kind:?}");
+            assert!(
+                matches!(
+                    plan(&request(kind), &p, &[device()], late),
+                    Decision::Send { .. }
+                ),
+                "{kind:?}"
+            );
         }
         let mut day = prefs();
-        day.quiet_hours = Some(QuietHours { start: 13 * 60, end: 14 * 60 });
+        day.quiet_hours = Some(QuietHours {
+            start: 13 * 60,
+            end: 14 * 60,
+        });
         assert_eq!(
             quiet_until(&day, datetime!(2026-12-04 10:10 UTC)),
             Some(datetime!(2026-12-04 11:00 UTC))

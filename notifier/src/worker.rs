@@ -112,7 +112,10 @@ pub struct Notifier {
 #[derive(Debug, PartialEq)]
 enum Verdict {
     Done,
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     Defer(Duration),
     DeadLetter(String),
 }
@@ -151,7 +154,11 @@ impl Notifier {
     }
 
     /// Starts `workers` loops on `queue`, each handling up to `options.concurrency` at once.
-    pub fn spawn_workers(self: &Arc<Self>, queue: Arc<dyn WorkQueue>, workers: usize) -> WorkerHandle {
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        queue: Arc<dyn WorkQueue>,
+        workers: usize,
+    ) -> WorkerHandle {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = (0..workers.max(1))
             .map(|_| {
@@ -177,14 +184,20 @@ impl Notifier {
                 })
             })
             .collect();
-        WorkerHandle { tasks, stop: stop_tx }
+        WorkerHandle {
+            tasks,
+            stop: stop_tx,
+        }
     }
 
     /// Handles one delivery to the end: ack, retry later, or dead-letter.
     pub async fn handle(&self, delivery: Delivery) {
         let attempt = delivery.attempt;
         let verdict = if attempt > self.options.max_deliveries {
-            Verdict::DeadLetter(format!("max deliveries ({}) exceeded", self.options.max_deliveries))
+            Verdict::DeadLetter(format!(
+                "max deliveries ({}) exceeded",
+                self.options.max_deliveries
+            ))
         } else {
             self.process(&delivery.payload).await
         };
@@ -194,7 +207,8 @@ impl Notifier {
             Verdict::Defer(after) => delivery.retry(after).await,
             Verdict::Retry { reason, .. } if attempt >= self.options.max_deliveries => {
                 let reason = format!("gave up after {attempt} deliveries: {reason}");
-                self.dead_lettered(request.as_ref(), &delivery.payload, &reason).await;
+                self.dead_lettered(request.as_ref(), &delivery.payload, &reason)
+                    .await;
                 delivery.dead_letter(&reason).await
             }
             Verdict::Retry { reason, after } => {
@@ -204,7 +218,8 @@ impl Notifier {
                 delivery.retry(delay).await
             }
             Verdict::DeadLetter(reason) => {
-                self.dead_lettered(request.as_ref(), &delivery.payload, &reason).await;
+                self.dead_lettered(request.as_ref(), &delivery.payload, &reason)
+                    .await;
                 delivery.dead_letter(&reason).await
             }
         };
@@ -214,7 +229,12 @@ impl Notifier {
         }
     }
 
-    async fn dead_lettered(&self, request: Option<&NotificationRequest>, payload: &[u8], reason: &str) {
+    async fn dead_lettered(
+        &self,
+        request: Option<&NotificationRequest>,
+        payload: &[u8],
+        reason: &str,
+    ) {
         self.metrics.incr("queue", "dead_lettered");
         let request_id = request.map(|r| r.id.clone()).unwrap_or_else(|| {
             serde_json::from_slice::<serde_json::Value>(payload)
@@ -276,7 +296,8 @@ impl Notifier {
         };
         let mut retry: Option<SendError> = None;
         for (channel, why) in skipped {
-            self.finish(&request, channel, None, StepResult::Failed(why.to_owned())).await;
+            self.finish(&request, channel, None, StepResult::Failed(why.to_owned()))
+                .await;
         }
         for step in steps {
             let channel = step.target.channel();
@@ -296,18 +317,30 @@ impl Notifier {
                     StepResult::Retry(e) => e.to_string(),
                     StepResult::Accepted => String::new(),
                 };
-                self.finish(&request, channel, provider, StepResult::Failed(format!("{why}; fell back to {}", fallback.channel().as_str()))).await;
+                self.finish(
+                    &request,
+                    channel,
+                    provider,
+                    StepResult::Failed(format!(
+                        "{why}; fell back to {}",
+                        fallback.channel().as_str()
+                    )),
+                )
+                .await;
                 let fallback_channel = fallback.channel();
                 match self.store.send_state(&request.id, fallback_channel).await {
                     Ok(Some(_)) => continue,
                     Ok(None) => {}
                     Err(e) => return store_retry(e),
                 }
-                let (result, provider) = self.run_target(&request, &prefs, fallback, &main, &mut renders).await;
+                let (result, provider) = self
+                    .run_target(&request, &prefs, fallback, &main, &mut renders)
+                    .await;
                 if let StepResult::Retry(e) = &result {
                     retry.get_or_insert(e.clone());
                 }
-                self.finish(&request, fallback_channel, provider, result).await;
+                self.finish(&request, fallback_channel, provider, result)
+                    .await;
                 continue;
             }
             if let StepResult::Retry(e) = &result {
@@ -317,7 +350,10 @@ impl Notifier {
         }
         match retry {
             None => Verdict::Done,
-            Some(SendError::Retryable { reason, retry_after }) => Verdict::Retry {
+            Some(SendError::Retryable {
+                reason,
+                retry_after,
+            }) => Verdict::Retry {
                 reason,
                 after: retry_after,
             },
@@ -341,7 +377,12 @@ impl Notifier {
         }
         let rendered = self
             .templates
-            .render(request.kind, Some(language), &request.params, prefs.utc_offset_minutes)
+            .render(
+                request.kind,
+                Some(language),
+                &request.params,
+                prefs.utc_offset_minutes,
+            )
             .map_err(|e| format!("cannot render {}: {e}", request.kind.as_str()))?;
         cache.insert(language, rendered.clone());
         Ok(rendered)
@@ -409,21 +450,35 @@ impl Notifier {
                 if request.kind == Kind::Code {
                     match self.code_allowed(&request.customer_id).await {
                         Ok(true) => {}
-                        Ok(false) => return (StepResult::Failed("code_cap_exceeded".into()), Some(provider.name())),
+                        Ok(false) => {
+                            return (
+                                StepResult::Failed("code_cap_exceeded".into()),
+                                Some(provider.name()),
+                            );
+                        }
                         Err(e) => return (StepResult::Retry(e), Some(provider.name())),
                     }
                 }
                 let message = outgoing(phone, main, &main.sms);
-                (settle_recipient(self.send_guarded(&provider, &message).await), Some(provider.name()))
+                (
+                    settle_recipient(self.send_guarded(&provider, &message).await),
+                    Some(provider.name()),
+                )
             }
             Target::Email { address } => {
                 let Some(provider) = self.providers.email.clone() else {
                     return (StepResult::Failed("no_provider".into()), None);
                 };
                 let message = outgoing(address, main, &main.body);
-                (settle_recipient(self.send_guarded(&provider, &message).await), Some(provider.name()))
+                (
+                    settle_recipient(self.send_guarded(&provider, &message).await),
+                    Some(provider.name()),
+                )
             }
-            Target::Push { devices } => self.push(request, prefs, devices, main, renders, &outgoing).await,
+            Target::Push { devices } => {
+                self.push(request, prefs, devices, main, renders, &outgoing)
+                    .await
+            }
         }
     }
 
@@ -468,7 +523,11 @@ impl Notifier {
                 StepResult::Retry(SendError::InvalidRecipient { reason }) => {
                     reasons.push(reason);
                     self.metrics.incr(provider.name(), "device_unregistered");
-                    if let Err(e) = self.store.remove_device(&request.customer_id, &device.token).await {
+                    if let Err(e) = self
+                        .store
+                        .remove_device(&request.customer_id, &device.token)
+                        .await
+                    {
                         tracing::warn!(error = %e, "removing a dead device failed");
                     }
                 }
@@ -483,7 +542,11 @@ impl Notifier {
         } else if let Some(e) = retry {
             StepResult::Retry(e)
         } else {
-            StepResult::Failed(if reasons.is_empty() { "no_device".into() } else { reasons.join("; ") })
+            StepResult::Failed(if reasons.is_empty() {
+                "no_device".into()
+            } else {
+                reasons.join("; ")
+            })
         };
         (result, last_provider)
     }
@@ -535,10 +598,13 @@ impl Notifier {
                     retry_after,
                 });
             }
-            let result = match tokio::time::timeout(self.options.provider_timeout, provider.send(message)).await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::retryable(format!("{name}: timeout"))),
-            };
+            let result =
+                match tokio::time::timeout(self.options.provider_timeout, provider.send(message))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(SendError::retryable(format!("{name}: timeout"))),
+                };
             let healthy = !matches!(result, Err(SendError::Retryable { .. }));
             {
                 let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
@@ -563,13 +629,22 @@ impl Notifier {
                     self.metrics.incr(name, "invalid_recipient");
                     return StepResult::Retry(e);
                 }
-                Err(SendError::Retryable { reason, retry_after }) => {
+                Err(SendError::Retryable {
+                    reason,
+                    retry_after,
+                }) => {
                     self.metrics.incr(name, "retry");
                     let jitter = rand::thread_rng().r#gen::<f64>();
-                    let delay = self.options.inline_backoff.delay(attempt, jitter, retry_after);
+                    let delay = self
+                        .options
+                        .inline_backoff
+                        .delay(attempt, jitter, retry_after);
                     let last = attempt == self.options.inline_attempts.max(1);
                     if last || retry_after.is_some_and(|a| a > self.options.max_inline_wait) {
-                        return StepResult::Retry(SendError::Retryable { reason, retry_after });
+                        return StepResult::Retry(SendError::Retryable {
+                            reason,
+                            retry_after,
+                        });
                     }
                     tokio::time::sleep(delay).await;
                 }
@@ -578,7 +653,11 @@ impl Notifier {
         StepResult::Retry(SendError::retryable(format!("{name}: attempts exhausted")))
     }
 
-    fn guard<'a>(&self, guards: &'a mut HashMap<&'static str, Guard>, name: &'static str) -> &'a mut Guard {
+    fn guard<'a>(
+        &self,
+        guards: &'a mut HashMap<&'static str, Guard>,
+        name: &'static str,
+    ) -> &'a mut Guard {
         guards.entry(name).or_insert_with(|| {
             let limit = self
                 .options
@@ -588,7 +667,10 @@ impl Notifier {
                 .unwrap_or(self.options.default_rate_limit);
             Guard {
                 bucket: TokenBucket::new(limit.burst, limit.per_second, Instant::now()),
-                breaker: Breaker::new(self.options.breaker_threshold, self.options.breaker_cooldown),
+                breaker: Breaker::new(
+                    self.options.breaker_threshold,
+                    self.options.breaker_cooldown,
+                ),
             }
         })
     }

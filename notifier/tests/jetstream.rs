@@ -14,7 +14,12 @@ use notifier::*;
 use serde_json::json;
 
 fn code(i: u32) -> NotificationRequest {
-    let mut r = NotificationRequest::new(format!("code-{i}"), CustomerId::parse(&format!("c{i}")).unwrap(), Kind::Code, json!({"code": "123456", "purpose": "login"}));
+    let mut r = NotificationRequest::new(
+        format!("code-{i}"),
+        CustomerId::parse(&format!("c{i}")).unwrap(),
+        Kind::Code,
+        json!({"code": "123456", "purpose": "login"}),
+    );
     r.phone = Some("+79990000001".into());
     r
 }
@@ -23,27 +28,50 @@ fn code(i: u32) -> NotificationRequest {
 async fn jetstream_work_queue_delivers_dedupes_survives_a_kill_and_dead_letters() {
     let server = testkit::NatsServer::start().unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
-    let config = JetStreamQueueConfig { ack_wait: Duration::from_millis(800), ..Default::default() };
-    let queue = Arc::new(JetStreamQueue::connect(client.clone(), config.clone()).await.unwrap());
+    let config = JetStreamQueueConfig {
+        ack_wait: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let queue = Arc::new(
+        JetStreamQueue::connect(client.clone(), config.clone())
+            .await
+            .unwrap(),
+    );
     let sms = MockHttp::start(|_, _| Reply::ok("{}").delayed(Duration::from_millis(10))).await;
     let store = Arc::new(MemoryStore::new());
     let providers = Providers {
-        sms: Some(Arc::new(JsonGateway::new(JsonGatewayConfig { url: sms.url.clone(), token: None, timeout: Duration::from_secs(5) }))),
+        sms: Some(Arc::new(JsonGateway::new(JsonGatewayConfig {
+            url: sms.url.clone(),
+            token: None,
+            timeout: Duration::from_secs(5),
+        }))),
         ..Providers::default()
     };
     let options = WorkerOptions {
         concurrency: 4,
-        redelivery: Backoff { base: Duration::from_millis(30), max: Duration::from_millis(100) },
+        redelivery: Backoff {
+            base: Duration::from_millis(30),
+            max: Duration::from_millis(100),
+        },
         ..WorkerOptions::default()
     };
-    let notifier = Notifier::new(store.clone(), Arc::new(Templates::builtin()), providers, Arc::new(NoopSink), options);
+    let notifier = Notifier::new(
+        store.clone(),
+        Arc::new(Templates::builtin()),
+        providers,
+        Arc::new(NoopSink),
+        options,
+    );
 
     let n = 30;
     for i in 0..n {
         queue.enqueue(&code(i)).await.unwrap();
     }
     queue.enqueue(&code(0)).await.unwrap(); // a repeat of the same id is dropped by the stream
-    queue.enqueue_outbox("notify.req.high", b"\x00garbage").await.unwrap();
+    queue
+        .enqueue_outbox("notify.req.high", b"\x00garbage")
+        .await
+        .unwrap();
 
     let first = notifier.spawn_workers(queue.clone(), 1);
     let seen = sms.requests.clone();
@@ -54,12 +82,21 @@ async fn jetstream_work_queue_delivers_dedupes_survives_a_kill_and_dead_letters(
     .await;
     first.abort();
     // Another node's workers (own connection) on the same durable consumers.
-    let other = Arc::new(JetStreamQueue::connect(async_nats::connect(server.url()).await.unwrap(), config).await.unwrap());
+    let other = Arc::new(
+        JetStreamQueue::connect(async_nats::connect(server.url()).await.unwrap(), config)
+            .await
+            .unwrap(),
+    );
     let second = notifier.spawn_workers(other, 2);
     testkit::eventually("all sent", Duration::from_secs(15), || {
         let seen = seen.clone();
         async move {
-            let mut ids: Vec<String> = seen.lock().unwrap().iter().map(|r| r.json()["id"].as_str().unwrap_or("").to_owned()).collect();
+            let mut ids: Vec<String> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap_or("").to_owned())
+                .collect();
             ids.sort();
             ids.dedup();
             (ids.len() == n as usize).then_some(())
@@ -69,11 +106,18 @@ async fn jetstream_work_queue_delivers_dedupes_survives_a_kill_and_dead_letters(
     tokio::time::sleep(Duration::from_millis(1200)).await; // past ack_wait: nothing more arrives
     second.stop().await;
     let raw = sms.count();
-    assert!(raw - n as usize <= 4, "only in-flight sends at the kill may repeat: {raw}");
+    assert!(
+        raw - n as usize <= 4,
+        "only in-flight sends at the kill may repeat: {raw}"
+    );
 
     let js = queue.context();
     let mut work = js.get_stream("NOTIFY").await.unwrap();
-    assert_eq!(work.info().await.unwrap().state.messages, 0, "work queue drained");
+    assert_eq!(
+        work.info().await.unwrap().state.messages,
+        0,
+        "work queue drained"
+    );
     let dlq = js.get_stream("NOTIFY_DLQ").await.unwrap();
     let consumer = dlq
         .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
@@ -83,6 +127,13 @@ async fn jetstream_work_queue_delivers_dedupes_survives_a_kill_and_dead_letters(
     let dead = messages.next().await.unwrap().unwrap();
     assert_eq!(dead.subject.as_str(), "notify.dlq.high");
     assert_eq!(&dead.payload[..], b"\x00garbage");
-    let reason = dead.headers.as_ref().unwrap().get("Arbat-Dlq-Reason").unwrap().as_str().to_owned();
+    let reason = dead
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Arbat-Dlq-Reason")
+        .unwrap()
+        .as_str()
+        .to_owned();
     assert!(reason.starts_with("malformed request"), "{reason}");
 }

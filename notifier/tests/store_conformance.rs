@@ -7,13 +7,21 @@ async fn conformance(store: &dyn NotifierStore) {
     let c = CustomerId::parse("c1").unwrap();
     let d = CustomerId::parse("c2").unwrap();
     assert_eq!(store.preferences(&c).await.unwrap(), None);
-    let mut p = Preferences { language: Some(Language::En), phone: Some("+79990000001".into()), ..Preferences::default() };
+    let mut p = Preferences {
+        language: Some(Language::En),
+        phone: Some("+79990000001".into()),
+        ..Preferences::default()
+    };
     store.put_preferences(&c, &p).await.unwrap();
     p.language = Some(Language::Ru);
     store.put_preferences(&c, &p).await.unwrap();
     assert_eq!(store.preferences(&c).await.unwrap(), Some(p));
 
-    let dev = |t: &str| Device { platform: Platform::Ios, token: t.into(), language: Some(Language::Ru) };
+    let dev = |t: &str| Device {
+        platform: Platform::Ios,
+        token: t.into(),
+        language: Some(Language::Ru),
+    };
     store.upsert_device(&c, &dev("t1")).await.unwrap();
     store.upsert_device(&c, &dev("t2")).await.unwrap();
     store.upsert_device(&c, &dev("t1")).await.unwrap();
@@ -24,9 +32,19 @@ async fn conformance(store: &dyn NotifierStore) {
     assert!(store.remove_device(&d, "t2").await.unwrap());
 
     assert_eq!(store.send_state("r1", Channel::Sms).await.unwrap(), None);
-    store.record_send("r1", Channel::Sms, SendState::Sent).await.unwrap();
-    store.record_send("r1", Channel::Sms, SendState::Failed).await.unwrap();
-    assert_eq!(store.send_state("r1", Channel::Sms).await.unwrap(), Some(SendState::Sent), "first record wins");
+    store
+        .record_send("r1", Channel::Sms, SendState::Sent)
+        .await
+        .unwrap();
+    store
+        .record_send("r1", Channel::Sms, SendState::Failed)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.send_state("r1", Channel::Sms).await.unwrap(),
+        Some(SendState::Sent),
+        "first record wins"
+    );
     assert_eq!(store.send_state("r1", Channel::Push).await.unwrap(), None);
 
     let outcome = DeliveryOutcome {
@@ -62,7 +80,11 @@ async fn sqlite_store_with_idempotent_migrations() {
     conformance(&store).await;
     drop(store);
     let reopened = SqlStore::connect(&url).await.unwrap();
-    assert_eq!(reopened.send_state("r1", Channel::Sms).await.unwrap(), Some(SendState::Sent), "durable");
+    assert_eq!(
+        reopened.send_state("r1", Channel::Sms).await.unwrap(),
+        Some(SendState::Sent),
+        "durable"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -72,5 +94,8 @@ async fn postgres_store_with_idempotent_migrations() {
     let store = SqlStore::connect(&db.url).await.unwrap();
     let again = SqlStore::connect(&db.url).await.unwrap();
     conformance(&store).await;
-    assert_eq!(again.send_state("r1", Channel::Sms).await.unwrap(), Some(SendState::Sent));
+    assert_eq!(
+        again.send_state("r1", Channel::Sms).await.unwrap(),
+        Some(SendState::Sent)
+    );
 }

@@ -63,9 +63,19 @@ impl NatsServer {
             );
         }
         std::fs::create_dir_all(&store_dir)?;
+        // As in production (DESIGN.md): JetStream acks are relied on, so every write is
+        // synced before it is acknowledged. Only the config file can say so.
+        let config = store_dir.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                store_dir.display()
+            ),
+        )?;
         let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&store_dir)
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

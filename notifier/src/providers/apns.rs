@@ -40,7 +40,13 @@ impl std::fmt::Debug for ApnsConfig {
 }
 
 impl ApnsConfig {
-    pub fn new(key_pem: String, key_id: String, team_id: String, topic: String, base_url: Option<String>) -> Self {
+    pub fn new(
+        key_pem: String,
+        key_id: String,
+        team_id: String,
+        topic: String,
+        base_url: Option<String>,
+    ) -> Self {
         Self {
             key_pem,
             key_id,
@@ -88,11 +94,10 @@ impl Apns {
             "iss": self.config.team_id,
             "iat": time::OffsetDateTime::now_utc().unix_timestamp(),
         });
-        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
-            SendError::Rejected {
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| SendError::Rejected {
                 reason: format!("apns: signing the provider token: {e}"),
-            }
-        })?;
+            })?;
         *cached = Some((token.clone(), Instant::now()));
         Ok(token)
     }
@@ -148,10 +153,12 @@ impl Apns {
                     reason: format!("apns: HTTP {} {reason}", status.as_u16()),
                 })
             }
-            (403, "ExpiredProviderToken") | (403, "InvalidProviderToken") => Err(SendError::Retryable {
-                reason: format!("apns: {reason}"),
-                retry_after: None,
-            }),
+            (403, "ExpiredProviderToken") | (403, "InvalidProviderToken") => {
+                Err(SendError::Retryable {
+                    reason: format!("apns: {reason}"),
+                    retry_after: None,
+                })
+            }
             _ => Err(classify_status("apns", status, &headers, &body)),
         }
     }

@@ -182,7 +182,10 @@ impl Fcm {
         let token = self.access_token().await.map_err(|e| (e, false))?;
         let url = join(
             &self.config.base_url,
-            &format!("v1/projects/{}/messages:send", self.config.account.project_id),
+            &format!(
+                "v1/projects/{}/messages:send",
+                self.config.account.project_id
+            ),
         );
         let response = self
             .client
@@ -220,13 +223,23 @@ fn classify_fcm_error(
         .unwrap_or("");
     let message = error["message"].as_str().unwrap_or("").to_ascii_lowercase();
     let unregistered = status == reqwest::StatusCode::NOT_FOUND
-        && (status_text == "NOT_FOUND" || details_code == "UNREGISTERED" || status_text == "UNREGISTERED");
+        && (status_text == "NOT_FOUND"
+            || details_code == "UNREGISTERED"
+            || status_text == "UNREGISTERED");
     let bad_token = status == reqwest::StatusCode::BAD_REQUEST
         && (status_text == "INVALID_ARGUMENT" || details_code == "INVALID_ARGUMENT")
         && (message.contains("token") || message.contains("registration"));
     if unregistered || bad_token {
         return SendError::InvalidRecipient {
-            reason: format!("fcm: HTTP {} {}", status.as_u16(), if details_code.is_empty() { status_text } else { details_code }),
+            reason: format!(
+                "fcm: HTTP {} {}",
+                status.as_u16(),
+                if details_code.is_empty() {
+                    status_text
+                } else {
+                    details_code
+                }
+            ),
         };
     }
     classify_status("fcm", status, headers, body)

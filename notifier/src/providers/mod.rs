@@ -131,10 +131,16 @@ pub(crate) fn http_client(timeout: Duration, http2_prior_knowledge: bool) -> req
     if http2_prior_knowledge {
         builder = builder.http2_prior_knowledge();
     }
-    builder.build().expect("a reqwest client with rustls builds")
+    builder
+        .build()
+        .expect("a reqwest client with rustls builds")
 }
 
 /// Joins a base URL and a path without doubling slashes.
 pub(crate) fn join(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }

@@ -55,11 +55,17 @@ impl Provider for JsonGateway {
     }
 
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
-        let mut request = self.client.post(&self.config.url).json(&Self::body(message));
+        let mut request = self
+            .client
+            .post(&self.config.url)
+            .json(&Self::body(message));
         if let Some(token) = &self.config.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| transport_error("sms", e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error("sms", e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -112,7 +118,10 @@ impl Provider for Twilio {
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         let url = join(
             &self.config.base_url,
-            &format!("2010-04-01/Accounts/{}/Messages.json", self.config.account_sid),
+            &format!(
+                "2010-04-01/Accounts/{}/Messages.json",
+                self.config.account_sid
+            ),
         );
         let response = self
             .client
@@ -133,7 +142,9 @@ impl Provider for Twilio {
         let headers = response.headers().clone();
         let body = response.text().await.unwrap_or_default();
         // Twilio 21211/21614: the number cannot receive SMS.
-        if status == reqwest::StatusCode::BAD_REQUEST && (body.contains("21211") || body.contains("21614")) {
+        if status == reqwest::StatusCode::BAD_REQUEST
+            && (body.contains("21211") || body.contains("21614"))
+        {
             return Err(SendError::InvalidRecipient {
                 reason: "sms: number cannot receive SMS".into(),
             });

@@ -19,12 +19,15 @@ pub struct Smtp {
 impl Smtp {
     /// Validates a URL and From address without building a transport.
     pub fn check(url: &str, from: &str) -> Result<(), String> {
-        from.parse::<Mailbox>().map_err(|e| format!("not a mailbox: {e}"))?;
+        from.parse::<Mailbox>()
+            .map_err(|e| format!("not a mailbox: {e}"))?;
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
         parsed.host_str().ok_or("the URL has no host")?;
         match parsed.scheme() {
             "smtp" | "smtps" => Ok(()),
-            other => Err(format!("unsupported scheme {other:?}: use smtp:// or smtps://")),
+            other => Err(format!(
+                "unsupported scheme {other:?}: use smtp:// or smtps://"
+            )),
         }
     }
 
@@ -34,13 +37,21 @@ impl Smtp {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
         let host = parsed.host_str().ok_or("the URL has no host")?.to_owned();
         let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
         let mut builder = match parsed.scheme() {
-            "smtps" => AsyncSmtpTransport::<Tokio1Executor>::relay(&host).map_err(|e| e.to_string())?,
+            "smtps" => {
+                AsyncSmtpTransport::<Tokio1Executor>::relay(&host).map_err(|e| e.to_string())?
+            }
             "smtp" if loopback => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
             "smtp" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
                 .map_err(|e| e.to_string())?,
-            other => return Err(format!("unsupported scheme {other:?}: use smtp:// or smtps://")),
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other:?}: use smtp:// or smtps://"
+                ));
+            }
         };
         if let Some(port) = parsed.port() {
             builder = builder.port(port);
@@ -82,9 +93,12 @@ impl Provider for Smtp {
     }
 
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
-        let to: Mailbox = message.to.parse().map_err(|_| SendError::InvalidRecipient {
-            reason: "smtp: not an e-mail address".into(),
-        })?;
+        let to: Mailbox = message
+            .to
+            .parse()
+            .map_err(|_| SendError::InvalidRecipient {
+                reason: "smtp: not an e-mail address".into(),
+            })?;
         let domain = self.from.email.domain().to_owned();
         let email = Message::builder()
             .from(self.from.clone())
@@ -99,7 +113,10 @@ impl Provider for Smtp {
         match self.transport.send(email).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(SendError::Rejected {
-                reason: format!("smtp: permanent: {}", e.status().map(|c| c.to_string()).unwrap_or_default()),
+                reason: format!(
+                    "smtp: permanent: {}",
+                    e.status().map(|c| c.to_string()).unwrap_or_default()
+                ),
             }),
             Err(_) => Err(SendError::retryable("smtp: temporary or transport error")),
         }

@@ -49,7 +49,10 @@ pub struct JetStreamQueue {
 
 impl JetStreamQueue {
     /// Creates the streams and consumers when missing.
-    pub async fn connect(client: async_nats::Client, config: JetStreamQueueConfig) -> Result<Self, QueueError> {
+    pub async fn connect(
+        client: async_nats::Client,
+        config: JetStreamQueueConfig,
+    ) -> Result<Self, QueueError> {
         let js = jetstream::new(client);
         let work = js
             .get_or_create_stream(stream::Config {
@@ -84,11 +87,17 @@ impl JetStreamQueue {
             ..Default::default()
         };
         let high = work
-            .get_or_create_consumer("notify-high", consumer("notify-high", format!("{REQUEST_SUBJECT_PREFIX}.high")))
+            .get_or_create_consumer(
+                "notify-high",
+                consumer("notify-high", format!("{REQUEST_SUBJECT_PREFIX}.high")),
+            )
             .await
             .map_err(err)?;
         let normal = work
-            .get_or_create_consumer("notify-normal", consumer("notify-normal", format!("{REQUEST_SUBJECT_PREFIX}.normal")))
+            .get_or_create_consumer(
+                "notify-normal",
+                consumer("notify-normal", format!("{REQUEST_SUBJECT_PREFIX}.normal")),
+            )
             .await
             .map_err(err)?;
         Ok(Self { js, high, normal })
@@ -98,9 +107,19 @@ impl JetStreamQueue {
         &self.js
     }
 
-    async fn take(&self, consumer: &PullConsumer, max: usize, wait: Option<Duration>) -> Result<Vec<Delivery>, QueueError> {
+    async fn take(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let mut messages = match wait {
-            None => consumer.fetch().max_messages(max).messages().await.map_err(err)?,
+            None => consumer
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(err)?,
             Some(wait) => consumer
                 .batch()
                 .max_messages(max)
@@ -112,7 +131,10 @@ impl JetStreamQueue {
         let mut out = Vec::new();
         while let Some(message) = messages.next().await {
             let message = message.map_err(err)?;
-            let attempt = message.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+            let attempt = message
+                .info()
+                .map(|i| i.delivered.max(1) as u32)
+                .unwrap_or(1);
             out.push(Delivery::new(
                 message.payload.clone(),
                 attempt,
@@ -137,7 +159,10 @@ impl Settle for JsSettle {
         self.message.double_ack().await.map_err(err)
     }
     async fn retry(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {
-        self.message.ack_with(AckKind::Nak(Some(delay))).await.map_err(err)
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(err)
     }
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
         let suffix = self
@@ -148,14 +173,27 @@ impl Settle for JsSettle {
             .unwrap_or(".unknown")
             .to_owned();
         let mut headers = async_nats::HeaderMap::new();
-        let reason: String = reason.chars().filter(|c| !c.is_control()).take(500).collect();
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
         headers.insert(REASON_HEADER, reason.as_str());
-        if let Some(id) = self.message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+        if let Some(id) = self
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+        {
             headers.insert("Nats-Msg-Id", id.as_str());
         }
         // Durable in the DLQ first, then removed from the work queue.
         self.js
-            .publish_with_headers(format!("{DLQ_SUBJECT_PREFIX}{suffix}"), headers, self.message.payload.clone())
+            .publish_with_headers(
+                format!("{DLQ_SUBJECT_PREFIX}{suffix}"),
+                headers,
+                self.message.payload.clone(),
+            )
             .await
             .map_err(err)?
             .await
@@ -166,7 +204,12 @@ impl Settle for JsSettle {
 
 #[async_trait]
 impl WorkQueue for JetStreamQueue {
-    async fn enqueue_raw(&self, id: &str, priority: Priority, payload: &[u8]) -> Result<(), QueueError> {
+    async fn enqueue_raw(
+        &self,
+        id: &str,
+        priority: Priority,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         self.js
@@ -188,7 +231,11 @@ impl WorkQueue for JetStreamQueue {
             return Ok(high);
         }
         // Short waits keep codes from queueing behind a long poll on the normal consumer.
-        self.take(&self.normal, max, Some(wait.clamp(Duration::from_millis(10), Duration::from_millis(250))))
-            .await
+        self.take(
+            &self.normal,
+            max,
+            Some(wait.clamp(Duration::from_millis(10), Duration::from_millis(250))),
+        )
+        .await
     }
 }

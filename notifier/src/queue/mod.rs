@@ -69,20 +69,30 @@ impl Delivery {
 #[async_trait]
 pub trait WorkQueue: Send + Sync + 'static {
     /// Durably queues raw request bytes under an id (a repeat of the id is dropped).
-    async fn enqueue_raw(&self, id: &str, priority: Priority, payload: &[u8]) -> Result<(), QueueError>;
+    async fn enqueue_raw(
+        &self,
+        id: &str,
+        priority: Priority,
+        payload: &[u8],
+    ) -> Result<(), QueueError>;
 
     /// Up to `max` deliveries, high priority first, waiting at most about `wait` for one.
     async fn fetch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
 
     async fn enqueue(&self, request: &NotificationRequest) -> Result<(), QueueError> {
-        self.enqueue_raw(&request.id, request.priority(), &request.to_json()).await
+        self.enqueue_raw(&request.id, request.priority(), &request.to_json())
+            .await
     }
 
     /// For the outbox relay: queues an outbox row whose subject passes
     /// [`crate::is_request_subject`]. Undecodable payloads are queued too (under a fresh id)
     /// so that they end in the dead-letter queue with their reason instead of vanishing.
     async fn enqueue_outbox(&self, subject: &str, payload: &[u8]) -> Result<(), QueueError> {
-        let priority = if subject.ends_with(".high") { Priority::High } else { Priority::Normal };
+        let priority = if subject.ends_with(".high") {
+            Priority::High
+        } else {
+            Priority::Normal
+        };
         let id = serde_json::from_slice::<serde_json::Value>(payload)
             .ok()
             .and_then(|v| v["id"].as_str().map(str::to_owned))

@@ -51,21 +51,38 @@ struct Lease {
 #[async_trait]
 impl Settle for Lease {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        self.store.queue_ack(&self.id, &self.owner).await.map_err(unavailable)
+        self.store
+            .queue_ack(&self.id, &self.owner)
+            .await
+            .map_err(unavailable)
     }
     async fn retry(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {
         let ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
-        self.store.queue_retry(&self.id, &self.owner, ms).await.map_err(unavailable)
+        self.store
+            .queue_retry(&self.id, &self.owner, ms)
+            .await
+            .map_err(unavailable)
     }
     async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), QueueError> {
-        self.store.queue_dead(&self.id, &self.owner, reason).await.map_err(unavailable)
+        self.store
+            .queue_dead(&self.id, &self.owner, reason)
+            .await
+            .map_err(unavailable)
     }
 }
 
 #[async_trait]
 impl WorkQueue for StoreQueue {
-    async fn enqueue_raw(&self, id: &str, priority: Priority, payload: &[u8]) -> Result<(), QueueError> {
-        self.store.queue_push(id, priority.rank(), payload).await.map_err(unavailable)?;
+    async fn enqueue_raw(
+        &self,
+        id: &str,
+        priority: Priority,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
+        self.store
+            .queue_push(id, priority.rank(), payload)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

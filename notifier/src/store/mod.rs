@@ -59,19 +59,47 @@ impl SendState {
 
 #[async_trait]
 pub trait NotifierStore: Send + Sync + 'static {
-    async fn preferences(&self, customer: &CustomerId) -> Result<Option<Preferences>, NotifStoreError>;
-    async fn put_preferences(&self, customer: &CustomerId, prefs: &Preferences) -> Result<(), NotifStoreError>;
+    async fn preferences(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<Preferences>, NotifStoreError>;
+    async fn put_preferences(
+        &self,
+        customer: &CustomerId,
+        prefs: &Preferences,
+    ) -> Result<(), NotifStoreError>;
     async fn devices(&self, customer: &CustomerId) -> Result<Vec<Device>, NotifStoreError>;
     /// Registers a device token for the customer (a token moves to its newest owner).
-    async fn upsert_device(&self, customer: &CustomerId, device: &Device) -> Result<(), NotifStoreError>;
+    async fn upsert_device(
+        &self,
+        customer: &CustomerId,
+        device: &Device,
+    ) -> Result<(), NotifStoreError>;
     /// Returns whether the token was registered for the customer.
-    async fn remove_device(&self, customer: &CustomerId, token: &str) -> Result<bool, NotifStoreError>;
-    async fn send_state(&self, request_id: &str, channel: Channel) -> Result<Option<SendState>, NotifStoreError>;
+    async fn remove_device(
+        &self,
+        customer: &CustomerId,
+        token: &str,
+    ) -> Result<bool, NotifStoreError>;
+    async fn send_state(
+        &self,
+        request_id: &str,
+        channel: Channel,
+    ) -> Result<Option<SendState>, NotifStoreError>;
     /// Records a final per-channel state; the first record wins.
-    async fn record_send(&self, request_id: &str, channel: Channel, state: SendState) -> Result<(), NotifStoreError>;
+    async fn record_send(
+        &self,
+        request_id: &str,
+        channel: Channel,
+        state: SendState,
+    ) -> Result<(), NotifStoreError>;
     async fn record_outcome(&self, outcome: &DeliveryOutcome) -> Result<(), NotifStoreError>;
     async fn outcomes(&self, request_id: &str) -> Result<Vec<DeliveryOutcome>, NotifStoreError>;
     /// Counts one SMS code for the customer in the window starting at `window_start` (unix
     /// seconds) and returns the count including this one.
-    async fn count_code(&self, customer: &CustomerId, window_start: i64) -> Result<u32, NotifStoreError>;
+    async fn count_code(
+        &self,
+        customer: &CustomerId,
+        window_start: i64,
+    ) -> Result<u32, NotifStoreError>;
 }

@@ -71,13 +71,17 @@ fn now_ms() -> i64 {
 
 impl SqlStore {
     pub async fn from_sqlite_pool(pool: SqlitePool) -> Result<Self, NotifStoreError> {
-        let store = Self { pool: Pool::Sqlite(pool) };
+        let store = Self {
+            pool: Pool::Sqlite(pool),
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     pub async fn from_pg_pool(pool: PgPool) -> Result<Self, NotifStoreError> {
-        let store = Self { pool: Pool::Pg(pool) };
+        let store = Self {
+            pool: Pool::Pg(pool),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -85,7 +89,11 @@ impl SqlStore {
     /// `sqlite://path` (created if missing, WAL), `sqlite::memory:`, or `postgres://...`.
     pub async fn connect(url: &str) -> Result<Self, NotifStoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new().max_connections(8).connect(url).await.map_err(db)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .connect(url)
+                .await
+                .map_err(db)?;
             Self::from_pg_pool(pool).await
         } else {
             let options: SqliteConnectOptions = url
@@ -109,15 +117,24 @@ impl SqlStore {
         match &self.pool {
             Pool::Sqlite(pool) => {
                 for ddl in DDL {
-                    sqlx::query(&ddl.replace("{blob}", "BLOB")).execute(pool).await.map_err(db)?;
+                    sqlx::query(&ddl.replace("{blob}", "BLOB"))
+                        .execute(pool)
+                        .await
+                        .map_err(db)?;
                 }
             }
             Pool::Pg(pool) => {
                 // Concurrent CREATE ... IF NOT EXISTS can collide in PostgreSQL: serialize.
                 let mut tx = pool.begin().await.map_err(db)?;
-                sqlx::query("SELECT pg_advisory_xact_lock(7366151)").execute(&mut *tx).await.map_err(db)?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7366151)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
                 for ddl in DDL {
-                    sqlx::query(&ddl.replace("{blob}", "BYTEA")).execute(&mut *tx).await.map_err(db)?;
+                    sqlx::query(&ddl.replace("{blob}", "BYTEA"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
                 }
                 tx.commit().await.map_err(db)?;
             }
@@ -128,7 +145,12 @@ impl SqlStore {
     // ----- the embedded work queue -----
 
     /// Adds an item unless its id is already queued; returns whether it was added.
-    pub(crate) async fn queue_push(&self, id: &str, priority: i64, payload: &[u8]) -> Result<bool, NotifStoreError> {
+    pub(crate) async fn queue_push(
+        &self,
+        id: &str,
+        priority: i64,
+        payload: &[u8],
+    ) -> Result<bool, NotifStoreError> {
         let now = now_ms();
         let sql = "INSERT INTO notif_queue (id, priority, payload, attempts, visible_at, lease_owner, enqueued_at) \
                    VALUES ($1, $2, $3, 0, $4, NULL, $4) ON CONFLICT (id) DO NOTHING";
@@ -138,7 +160,12 @@ impl SqlStore {
     }
 
     /// Leases up to `limit` visible items to `owner` for `lease_ms`, codes first.
-    pub(crate) async fn queue_claim(&self, owner: &str, lease_ms: i64, limit: u32) -> Result<Vec<QueueRow>, NotifStoreError> {
+    pub(crate) async fn queue_claim(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueueRow>, NotifStoreError> {
         let now = now_ms();
         let sql = "UPDATE notif_queue SET lease_owner = $1, visible_at = $2, attempts = attempts + 1 \
                    WHERE visible_at <= $3 AND id IN (SELECT id FROM notif_queue WHERE visible_at <= $3 \
@@ -170,14 +197,24 @@ impl SqlStore {
     }
 
     /// Makes an item visible again after `delay_ms`.
-    pub(crate) async fn queue_retry(&self, id: &str, owner: &str, delay_ms: i64) -> Result<(), NotifStoreError> {
+    pub(crate) async fn queue_retry(
+        &self,
+        id: &str,
+        owner: &str,
+        delay_ms: i64,
+    ) -> Result<(), NotifStoreError> {
         let sql = "UPDATE notif_queue SET lease_owner = NULL, visible_at = $3 WHERE id = $1 AND lease_owner = $2";
         with_pool!(self, p => sqlx::query(sql).bind(id).bind(owner).bind(now_ms() + delay_ms).execute(p).await.map(|_| ()).map_err(db)?);
         Ok(())
     }
 
     /// Moves an item to the dead-letter table with its reason.
-    pub(crate) async fn queue_dead(&self, id: &str, owner: &str, reason: &str) -> Result<(), NotifStoreError> {
+    pub(crate) async fn queue_dead(
+        &self,
+        id: &str,
+        owner: &str,
+        reason: &str,
+    ) -> Result<(), NotifStoreError> {
         let insert = "INSERT INTO notif_dead (id, payload, reason, attempts, at) \
                       SELECT id, payload, $3, attempts, $4 FROM notif_queue WHERE id = $1 AND lease_owner = $2";
         let delete = "DELETE FROM notif_queue WHERE id = $1 AND lease_owner = $2";
@@ -191,7 +228,10 @@ impl SqlStore {
     }
 
     /// Dead letters, oldest first: `(id, payload, reason)`.
-    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<(String, Vec<u8>, String)>, NotifStoreError> {
+    pub async fn dead_letters(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<u8>, String)>, NotifStoreError> {
         let sql = "SELECT id, payload, reason FROM notif_dead ORDER BY at, id LIMIT $1";
         with_pool!(self, p => {
             let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(p).await.map_err(db)?;
@@ -216,14 +256,22 @@ fn corrupt(e: impl std::fmt::Display) -> NotifStoreError {
 
 #[async_trait]
 impl NotifierStore for SqlStore {
-    async fn preferences(&self, customer: &CustomerId) -> Result<Option<Preferences>, NotifStoreError> {
+    async fn preferences(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<Preferences>, NotifStoreError> {
         let sql = "SELECT prefs FROM notif_preferences WHERE customer_id = $1";
         let raw: Option<String> = with_pool!(self, p => sqlx::query(sql).bind(customer.as_str())
             .fetch_optional(p).await.map_err(db)?.map(|r| r.try_get(0)).transpose().map_err(db)?);
-        raw.map(|r| serde_json::from_str(&r).map_err(corrupt)).transpose()
+        raw.map(|r| serde_json::from_str(&r).map_err(corrupt))
+            .transpose()
     }
 
-    async fn put_preferences(&self, customer: &CustomerId, prefs: &Preferences) -> Result<(), NotifStoreError> {
+    async fn put_preferences(
+        &self,
+        customer: &CustomerId,
+        prefs: &Preferences,
+    ) -> Result<(), NotifStoreError> {
         let sql = "INSERT INTO notif_preferences (customer_id, prefs) VALUES ($1, $2) \
                    ON CONFLICT (customer_id) DO UPDATE SET prefs = excluded.prefs";
         let json = serde_json::to_string(prefs).map_err(corrupt)?;
@@ -241,7 +289,8 @@ impl NotifierStore for SqlStore {
         rows.into_iter()
             .map(|(platform, token, language)| {
                 Ok(Device {
-                    platform: Platform::parse(&platform).ok_or_else(|| corrupt(format!("platform {platform:?}")))?,
+                    platform: Platform::parse(&platform)
+                        .ok_or_else(|| corrupt(format!("platform {platform:?}")))?,
                     token,
                     language: language.as_deref().and_then(Language::parse),
                 })
@@ -249,7 +298,11 @@ impl NotifierStore for SqlStore {
             .collect()
     }
 
-    async fn upsert_device(&self, customer: &CustomerId, device: &Device) -> Result<(), NotifStoreError> {
+    async fn upsert_device(
+        &self,
+        customer: &CustomerId,
+        device: &Device,
+    ) -> Result<(), NotifStoreError> {
         let sql = "INSERT INTO notif_devices (token, customer_id, platform, language, created_at) \
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token) DO UPDATE SET customer_id = excluded.customer_id, \
                    platform = excluded.platform, language = excluded.language";
@@ -259,21 +312,35 @@ impl NotifierStore for SqlStore {
         Ok(())
     }
 
-    async fn remove_device(&self, customer: &CustomerId, token: &str) -> Result<bool, NotifStoreError> {
+    async fn remove_device(
+        &self,
+        customer: &CustomerId,
+        token: &str,
+    ) -> Result<bool, NotifStoreError> {
         let sql = "DELETE FROM notif_devices WHERE customer_id = $1 AND token = $2";
         let n = with_pool!(self, p => sqlx::query(sql).bind(customer.as_str()).bind(token)
             .execute(p).await.map_err(db)?.rows_affected());
         Ok(n > 0)
     }
 
-    async fn send_state(&self, request_id: &str, channel: Channel) -> Result<Option<SendState>, NotifStoreError> {
+    async fn send_state(
+        &self,
+        request_id: &str,
+        channel: Channel,
+    ) -> Result<Option<SendState>, NotifStoreError> {
         let sql = "SELECT state FROM notif_sends WHERE request_id = $1 AND channel = $2";
         let raw: Option<String> = with_pool!(self, p => sqlx::query(sql).bind(request_id).bind(channel.as_str())
             .fetch_optional(p).await.map_err(db)?.map(|r| r.try_get(0)).transpose().map_err(db)?);
-        raw.map(|s| SendState::parse(&s).ok_or_else(|| corrupt(format!("send state {s:?}")))).transpose()
+        raw.map(|s| SendState::parse(&s).ok_or_else(|| corrupt(format!("send state {s:?}"))))
+            .transpose()
     }
 
-    async fn record_send(&self, request_id: &str, channel: Channel, state: SendState) -> Result<(), NotifStoreError> {
+    async fn record_send(
+        &self,
+        request_id: &str,
+        channel: Channel,
+        state: SendState,
+    ) -> Result<(), NotifStoreError> {
         let sql = "INSERT INTO notif_sends (request_id, channel, state, at) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (request_id, channel) DO NOTHING";
         with_pool!(self, p => sqlx::query(sql).bind(request_id).bind(channel.as_str()).bind(state.as_str())
@@ -295,10 +362,16 @@ impl NotifierStore for SqlStore {
             let rows = sqlx::query(sql).bind(request_id).fetch_all(p).await.map_err(db)?;
             rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<_>, sqlx::Error>>().map_err(db)?
         });
-        rows.iter().map(|r| serde_json::from_str(r).map_err(corrupt)).collect()
+        rows.iter()
+            .map(|r| serde_json::from_str(r).map_err(corrupt))
+            .collect()
     }
 
-    async fn count_code(&self, customer: &CustomerId, window_start: i64) -> Result<u32, NotifStoreError> {
+    async fn count_code(
+        &self,
+        customer: &CustomerId,
+        window_start: i64,
+    ) -> Result<u32, NotifStoreError> {
         let sql = "INSERT INTO notif_code_caps (customer_id, window_start, count) VALUES ($1, $2, 1) \
                    ON CONFLICT (customer_id, window_start) DO UPDATE SET count = notif_code_caps.count + 1 \
                    RETURNING count";

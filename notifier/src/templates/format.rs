@@ -46,8 +46,8 @@ pub fn format_money(money: &Money, language: Language) -> String {
 
 /// `04.12.2026 13:05` in Russian, `4 Dec 2026, 13:05` in English, at the customer's offset.
 pub fn format_datetime(at: OffsetDateTime, language: Language, utc_offset_minutes: i16) -> String {
-    let offset = UtcOffset::from_whole_seconds(i32::from(utc_offset_minutes) * 60)
-        .unwrap_or(UtcOffset::UTC);
+    let offset =
+        UtcOffset::from_whole_seconds(i32::from(utc_offset_minutes) * 60).unwrap_or(UtcOffset::UTC);
     let local = at.to_offset(offset);
     match language {
         Language::Ru => format!(
@@ -82,10 +82,22 @@ mod tests {
     #[test]
     fn money_by_language() {
         let cases = [
-            (Money::new(123_450, Currency::RUB), "1 234,50 ₽", "RUB 1,234.50"),
+            (
+                Money::new(123_450, Currency::RUB),
+                "1 234,50 ₽",
+                "RUB 1,234.50",
+            ),
             (Money::new(-5, Currency::USD), "−0,05 $", "−USD 0.05"),
-            (Money::new(100_000_000, Currency::EUR), "1 000 000,00 €", "EUR 1,000,000.00"),
-            (Money::new(500, Currency::parse("JPY").unwrap()), "500 JPY", "JPY 500"),
+            (
+                Money::new(100_000_000, Currency::EUR),
+                "1 000 000,00 €",
+                "EUR 1,000,000.00",
+            ),
+            (
+                Money::new(500, Currency::parse("JPY").unwrap()),
+                "500 JPY",
+                "JPY 500",
+            ),
         ];
         for (money, ru, en) in cases {
             assert_eq!(format_money(&money, Language::Ru), ru);

@@ -36,7 +36,10 @@ pub enum TemplateError {
     #[error("kind {0} has no templates")]
     MissingKind(&'static str),
     #[error("kind {kind} has no {language} text")]
-    MissingLanguage { kind: &'static str, language: &'static str },
+    MissingLanguage {
+        kind: &'static str,
+        language: &'static str,
+    },
     #[error("template {kind}.{language}.{field} references undeclared parameter {param:?}")]
     UndeclaredParam {
         kind: &'static str,
@@ -57,7 +60,10 @@ pub enum RenderError {
     #[error("missing parameter {0:?}")]
     MissingParam(String),
     #[error("parameter {name:?} is not a valid {expected}")]
-    BadParam { name: String, expected: &'static str },
+    BadParam {
+        name: String,
+        expected: &'static str,
+    },
 }
 
 /// One rendered notification, ready for any channel. PANs are masked in every field.
@@ -118,12 +124,15 @@ impl Templates {
             toml::from_str(toml_text).map_err(|e| TemplateError::Syntax(e.to_string()))?;
         let mut kinds = HashMap::new();
         for (name, raw_kind) in raw {
-            let kind = Kind::parse(&name).ok_or_else(|| TemplateError::UnknownKind(name.clone()))?;
+            let kind =
+                Kind::parse(&name).ok_or_else(|| TemplateError::UnknownKind(name.clone()))?;
             let mut texts = HashMap::new();
             for (lang_name, raw_text) in raw_kind.languages {
                 let language = Language::parse(&lang_name)
                     .filter(|l| l.as_str() == lang_name)
-                    .ok_or_else(|| TemplateError::Syntax(format!("unknown language {lang_name:?}")))?;
+                    .ok_or_else(|| {
+                        TemplateError::Syntax(format!("unknown language {lang_name:?}"))
+                    })?;
                 let check = |field: &'static str, text: &str| {
                     let pieces = parse_pieces(text).ok_or(TemplateError::Unclosed {
                         kind: kind.as_str(),
@@ -147,7 +156,11 @@ impl Templates {
                 let text = Text {
                     title: check("title", &raw_text.title)?,
                     body: check("body", &raw_text.body)?,
-                    sms: raw_text.sms.as_deref().map(|s| check("sms", s)).transpose()?,
+                    sms: raw_text
+                        .sms
+                        .as_deref()
+                        .map(|s| check("sms", s))
+                        .transpose()?,
                 };
                 texts.insert(language, text);
             }
@@ -225,7 +238,11 @@ impl Templates {
         Ok(Rendered {
             language,
             title: fill(&text.title),
-            sms: text.sms.as_deref().map(fill).unwrap_or_else(|| body.clone()),
+            sms: text
+                .sms
+                .as_deref()
+                .map(fill)
+                .unwrap_or_else(|| body.clone()),
             body,
         })
     }
@@ -253,7 +270,10 @@ fn format_param(
                 serde_json::from_value(value.clone()).map_err(|_| bad("money"))?;
             Ok(format_money(&money, language))
         }
-        ParamType::Pan => value.as_str().map(mask_pan).ok_or_else(|| bad("card number")),
+        ParamType::Pan => value
+            .as_str()
+            .map(mask_pan)
+            .ok_or_else(|| bad("card number")),
         ParamType::Datetime => {
             let at = value
                 .as_str()
@@ -314,9 +334,15 @@ mod tests {
         let doc = DEFAULT_TEMPLATES.replace("en.title = \"Confirmation code\"\n", "");
         assert!(Templates::load(&doc, Language::Ru).is_err());
         let doc = DEFAULT_TEMPLATES.replace("[offer]", "[teleport]");
-        assert!(matches!(Templates::load(&doc, Language::Ru), Err(TemplateError::UnknownKind(_))));
         assert!(matches!(
-            Templates::load(&DEFAULT_TEMPLATES.replace("{purpose})", "{purpose"), Language::Ru),
+            Templates::load(&doc, Language::Ru),
+            Err(TemplateError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            Templates::load(
+                &DEFAULT_TEMPLATES.replace("{purpose})", "{purpose"),
+                Language::Ru
+            ),
             Err(TemplateError::Unclosed { .. })
         ));
     }
@@ -331,12 +357,16 @@ mod tests {
             "card": "2200000000001234",
             "at": "2026-12-04T10:05:00Z"
         }));
-        let ru = t.render(Kind::Transaction, Some(Language::Ru), &p, 180).unwrap();
+        let ru = t
+            .render(Kind::Transaction, Some(Language::Ru), &p, 180)
+            .unwrap();
         assert_eq!(
             ru.body,
             "04.12.2026 13:05 карта 220000******1234: −1 234,50 ₽, Refund to 411111******1111. Баланс 100 000,00 ₽."
         );
-        let en = t.render(Kind::Transaction, Some(Language::En), &p, 0).unwrap();
+        let en = t
+            .render(Kind::Transaction, Some(Language::En), &p, 0)
+            .unwrap();
         assert_eq!(
             en.body,
             "4 Dec 2026, 10:05 card 220000******1234: −RUB 1,234.50, Refund to 411111******1111. Balance RUB 100,000.00."
@@ -348,10 +378,24 @@ mod tests {
             Err(RenderError::MissingParam("purpose".into()))
         );
         assert!(matches!(
-            t.render(Kind::Transaction, None, &params(json!({"amount": 5, "balance": 1, "description": "", "card": "", "at": ""})), 0),
+            t.render(
+                Kind::Transaction,
+                None,
+                &params(
+                    json!({"amount": 5, "balance": 1, "description": "", "card": "", "at": ""})
+                ),
+                0
+            ),
             Err(RenderError::BadParam { .. })
         ));
-        let code = t.render(Kind::Code, Some(Language::En), &params(json!({"code": "123456", "purpose": "login"})), 0).unwrap();
+        let code = t
+            .render(
+                Kind::Code,
+                Some(Language::En),
+                &params(json!({"code": "123456", "purpose": "login"})),
+                0,
+            )
+            .unwrap();
         assert_eq!(code.sms, "Arbat: code 123456 (login). Never share it.");
     }
 }

@@ -26,7 +26,9 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap_or("").to_owned())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_default()
@@ -42,10 +44,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: impl Into<String>) -> Self {
-        Self { status: 200, headers: vec![], body: body.into(), delay: None }
+        Self {
+            status: 200,
+            headers: vec![],
+            body: body.into(),
+            delay: None,
+        }
     }
     pub fn status(status: u16, body: impl Into<String>) -> Self {
-        Self { status, headers: vec![], body: body.into(), delay: None }
+        Self {
+            status,
+            headers: vec![],
+            body: body.into(),
+            delay: None,
+        }
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
@@ -67,7 +79,9 @@ pub struct MockHttp {
 }
 
 impl MockHttp {
-    pub async fn start(handler: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static) -> Self {
+    pub async fn start(
+        handler: impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let handler: Handler = Arc::new(handler);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -75,7 +89,9 @@ impl MockHttp {
         let recorded = requests.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 tokio::spawn(async move {
@@ -84,10 +100,18 @@ impl MockHttp {
                         let recorded = recorded.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let rec = Recorded {
                                 method: parts.method.to_string(),
-                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
                                 version: parts.version,
                                 headers: parts.headers,
                                 body,
@@ -105,7 +129,9 @@ impl MockHttp {
                             for (k, v) in reply.headers {
                                 response = response.header(k, v);
                             }
-                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+                            Ok::<_, Infallible>(
+                                response.body(Full::new(Bytes::from(reply.body))).unwrap(),
+                            )
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -114,7 +140,11 @@ impl MockHttp {
                 });
             }
         });
-        Self { url, requests, task }
+        Self {
+            url,
+            requests,
+            task,
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -154,7 +184,9 @@ impl MockSmtp {
         let store = mails.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let store = store.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
@@ -163,32 +195,37 @@ impl MockSmtp {
                     let (mut from, mut to) = (String::new(), Vec::new());
                     while let Ok(Some(line)) = lines.next_line().await {
                         let upper = line.to_ascii_uppercase();
-                        let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                            b"250-mock\r\n250 8BITMIME\r\n"
-                        } else if upper.starts_with("MAIL FROM:") {
-                            from = line[10..].trim().to_owned();
-                            b"250 OK\r\n"
-                        } else if upper.starts_with("RCPT TO:") {
-                            to.push(line[8..].trim().to_owned());
-                            b"250 OK\r\n"
-                        } else if upper == "DATA" {
-                            let _ = write.write_all(b"354 go ahead\r\n").await;
-                            let mut data = String::new();
-                            while let Ok(Some(l)) = lines.next_line().await {
-                                if l == "." {
-                                    break;
+                        let answer: &[u8] =
+                            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                                b"250-mock\r\n250 8BITMIME\r\n"
+                            } else if upper.starts_with("MAIL FROM:") {
+                                from = line[10..].trim().to_owned();
+                                b"250 OK\r\n"
+                            } else if upper.starts_with("RCPT TO:") {
+                                to.push(line[8..].trim().to_owned());
+                                b"250 OK\r\n"
+                            } else if upper == "DATA" {
+                                let _ = write.write_all(b"354 go ahead\r\n").await;
+                                let mut data = String::new();
+                                while let Ok(Some(l)) = lines.next_line().await {
+                                    if l == "." {
+                                        break;
+                                    }
+                                    data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                                    data.push('\n');
                                 }
-                                data.push_str(l.strip_prefix('.').unwrap_or(&l));
-                                data.push('\n');
-                            }
-                            store.lock().unwrap().push(Mail { from: from.clone(), to: std::mem::take(&mut to), data });
-                            b"250 queued\r\n"
-                        } else if upper == "QUIT" {
-                            let _ = write.write_all(b"221 bye\r\n").await;
-                            return;
-                        } else {
-                            b"250 OK\r\n"
-                        };
+                                store.lock().unwrap().push(Mail {
+                                    from: from.clone(),
+                                    to: std::mem::take(&mut to),
+                                    data,
+                                });
+                                b"250 queued\r\n"
+                            } else if upper == "QUIT" {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            } else {
+                                b"250 OK\r\n"
+                            };
                         if write.write_all(answer).await.is_err() {
                             return;
                         }
@@ -241,7 +278,12 @@ pub async fn mock_fcm(
     MockHttp::start(move |req, _| {
         if req.path == "/token" {
             let form: Vec<(String, String)> = url_decode_form(&req.body);
-            let get = |k: &str| form.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            let get = |k: &str| {
+                form.iter()
+                    .find(|(a, _)| a == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
             if get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
                 return Reply::status(400, r#"{"error":"unsupported_grant_type"}"#);
             }
@@ -249,12 +291,16 @@ pub async fn mock_fcm(
             validation.set_audience(&[req_token_uri(req)]);
             let key = jsonwebtoken::DecodingKey::from_rsa_pem(FCM_PUB.as_bytes()).unwrap();
             match jsonwebtoken::decode::<serde_json::Value>(&get("assertion"), &key, &validation) {
-                Ok(data) if data.claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
-                    && data.claims["iss"] == "notifier@arbat-test.iam.gserviceaccount.com" => {}
+                Ok(data)
+                    if data.claims["scope"]
+                        == "https://www.googleapis.com/auth/firebase.messaging"
+                        && data.claims["iss"] == "notifier@arbat-test.iam.gserviceaccount.com" => {}
                 _ => return Reply::status(400, r#"{"error":"invalid_grant"}"#),
             }
             let n = tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            return Reply::ok(format!(r#"{{"access_token":"tok-{n}","expires_in":{expires_in},"token_type":"Bearer"}}"#));
+            return Reply::ok(format!(
+                r#"{{"access_token":"tok-{n}","expires_in":{expires_in},"token_type":"Bearer"}}"#
+            ));
         }
         let n = sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         send(req, n)
@@ -280,12 +326,12 @@ fn decode(raw: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
-            if let Some(Ok(b)) = raw.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16)) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && let Some(Ok(b)) = raw.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -37,8 +37,14 @@ pub fn owner_of_product(product_id: &str) -> Option<CustomerId> {
 }
 
 const NAMES: [&str; 8] = [
-    "Anna Ivanova", "Boris Petrov", "Vera Sokolova", "Gleb Smirnov",
-    "Daria Kuznetsova", "Egor Popov", "Zoya Volkova", "Ivan Morozov",
+    "Anna Ivanova",
+    "Boris Petrov",
+    "Vera Sokolova",
+    "Gleb Smirnov",
+    "Daria Kuznetsova",
+    "Egor Popov",
+    "Zoya Volkova",
+    "Ivan Morozov",
 ];
 
 /// Customer `n` with its products.
@@ -62,10 +68,34 @@ pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
     };
     let last4 = format!("{:04}", n % 10_000);
     let products = vec![
-        product("a", "account", "Current account", 15_000_000 + i64::from(n) * 100, json!({"number": format!("40817810{n:012}")})),
-        product("k", "card", "Debit card", 0, json!({"pan_masked": format!("220220******{last4}"), "account_id": format!("a{n:06}"), "expires": "12/29"})),
-        product("d", "deposit", "Savings deposit", 50_000_000, json!({"rate": "12.5", "ends": "2027-12-31"})),
-        product("l", "loan", "Consumer loan", 30_000_000, json!({"rate": "19.9", "next_payment": {"date": "2027-01-15", "amount": {"amount": "10250.00", "currency": "RUB"}}})),
+        product(
+            "a",
+            "account",
+            "Current account",
+            15_000_000 + i64::from(n) * 100,
+            json!({"number": format!("40817810{n:012}")}),
+        ),
+        product(
+            "k",
+            "card",
+            "Debit card",
+            0,
+            json!({"pan_masked": format!("220220******{last4}"), "account_id": format!("a{n:06}"), "expires": "12/29"}),
+        ),
+        product(
+            "d",
+            "deposit",
+            "Savings deposit",
+            50_000_000,
+            json!({"rate": "12.5", "ends": "2027-12-31"}),
+        ),
+        product(
+            "l",
+            "loan",
+            "Consumer loan",
+            30_000_000,
+            json!({"rate": "19.9", "next_payment": {"date": "2027-01-15", "amount": {"amount": "10250.00", "currency": "RUB"}}}),
+        ),
     ];
     (customer, products)
 }
@@ -94,6 +124,10 @@ mod tests {
         assert_eq!(owner_of_product("a000042"), Some(customer_id(42)));
         assert_eq!(owner_of_product("a42"), None);
         let (_, products) = customer(7);
-        assert!(products.iter().any(|p| p.details["pan_masked"] == "220220******0007"));
+        assert!(
+            products
+                .iter()
+                .any(|p| p.details["pan_masked"] == "220220******0007")
+        );
     }
 }

@@ -88,13 +88,22 @@ impl Abs {
     /// caller that lost the answer can retry safely (the platform drops the duplicates).
     pub async fn post(&self, request: &PostingRequest) -> Result<PostingOutcome, AbsError> {
         if request.id.is_empty() || request.id.len() > 100 || request.amount.minor == 0 {
-            return Err(AbsError::Invalid("id must be 1 to 100 characters and amount non-zero".into()));
+            return Err(AbsError::Invalid(
+                "id must be 1 to 100 characters and amount non-zero".into(),
+            ));
         }
-        let products = self.store.abs_products_of_account(&request.account_id).await;
+        let products = self
+            .store
+            .abs_products_of_account(&request.account_id)
+            .await;
         let product = products.map_err(|e| AbsError::Unavailable(e.to_string()))?;
-        let Some(product) = product else { return Err(AbsError::UnknownAccount) };
+        let Some(product) = product else {
+            return Err(AbsError::UnknownAccount);
+        };
         if product.currency != request.amount.currency.code() {
-            return Err(AbsError::Invalid("currency differs from the account's".into()));
+            return Err(AbsError::Invalid(
+                "currency differs from the account's".into(),
+            ));
         }
         let floor_minor = if product.kind == "loan" { i64::MIN } else { 0 };
         let posting = AbsPosting {
@@ -111,7 +120,8 @@ impl Abs {
             StoreError::Refused(_) => AbsError::InsufficientFunds,
             other => AbsError::Unavailable(other.to_string()),
         })?;
-        let currency = Currency::parse(&result.currency).map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        let currency =
+            Currency::parse(&result.currency).map_err(|e| AbsError::Unavailable(e.to_string()))?;
         let balance = Money::new(result.balance_minor, currency);
         let changes = vec![
             Change {
@@ -152,7 +162,9 @@ impl Abs {
 
     /// The customer's profile and products, as actors ask for them at first activation.
     pub async fn profile(&self, id: &CustomerId) -> Result<Option<Profile>, StoreError> {
-        let Some(customer) = self.store.abs_customer(id).await? else { return Ok(None) };
+        let Some(customer) = self.store.abs_customer(id).await? else {
+            return Ok(None);
+        };
         let products = self.store.abs_products(id).await?;
         Ok(Some(Profile {
             customer_id: customer.id,
@@ -223,13 +235,21 @@ fn to_product(product: AbsProduct) -> Option<Product> {
 /// carries the customer number in the demo data; a real ABS indexes it).
 #[async_trait::async_trait]
 trait AccountLookup {
-    async fn abs_products_of_account(&self, account_id: &str) -> Result<Option<AbsProduct>, StoreError>;
+    async fn abs_products_of_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<AbsProduct>, StoreError>;
 }
 
 #[async_trait::async_trait]
 impl<S: AbsStore + ?Sized> AccountLookup for S {
-    async fn abs_products_of_account(&self, account_id: &str) -> Result<Option<AbsProduct>, StoreError> {
-        let Some(owner) = demo::owner_of_product(account_id) else { return Ok(None) };
+    async fn abs_products_of_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Option<AbsProduct>, StoreError> {
+        let Some(owner) = demo::owner_of_product(account_id) else {
+            return Ok(None);
+        };
         Ok(self
             .abs_products(&owner)
             .await?

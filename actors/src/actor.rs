@@ -76,13 +76,16 @@ impl CustomerActor {
                     before_seq: *before_seq,
                     limit: *limit as usize,
                 };
-                let page = views::transactions(state, account_id, &query).ok_or_else(CallError::not_found)?;
+                let page = views::transactions(state, account_id, &query)
+                    .ok_or_else(CallError::not_found)?;
                 Ok(json!({
                     "items": page.items.iter().map(|t| t.to_json()).collect::<Vec<_>>(),
                     "next_cursor": page.next_cursor.map(|c| c.to_string()),
                 }))
             }
-            CustomerRequest::FeedHead => Ok(json!({"head": state.version, "unread": state.unread()})),
+            CustomerRequest::FeedHead => {
+                Ok(json!({"head": state.version, "unread": state.unread()}))
+            }
             CustomerRequest::MarkRead { .. } | CustomerRequest::Apply { .. } => {
                 Err(CallError::new("internal", "not a read"))
             }
@@ -90,7 +93,10 @@ impl CustomerActor {
     }
 
     /// Decides a batch without I/O: per change, the drafts or the rejection.
-    fn decide_batch(&self, changes: &[Change]) -> Vec<(String, Result<Vec<EventDraft>, (String, String)>)> {
+    fn decide_batch(
+        &self,
+        changes: &[Change],
+    ) -> Vec<Decision> {
         let mut seen = std::collections::HashSet::new();
         changes
             .iter()
@@ -182,6 +188,9 @@ impl Handler<Ask> for CustomerActor {
     }
 }
 
+/// A change id and what the rules decided: drafts, or (code, detail) of the refusal.
+type Decision = (String, Result<Vec<EventDraft>, (String, String)>);
+
 /// What the async part of an apply hands back to the actor.
 struct Committed {
     events: Vec<FeedEvent>,
@@ -203,23 +212,43 @@ impl CustomerActor {
             // Usually one round trip: the store refuses the whole commit if any change id
             // was consumed before (a redelivery), and only then do we ask which ones.
             for attempt in 0..2 {
-                let (commit, mut report) =
-                    build_commit(&customer_id, expected_version, &decisions, &skip, snapshot.clone());
+                let (commit, mut report) = build_commit(
+                    &customer_id,
+                    expected_version,
+                    &decisions,
+                    &skip,
+                    snapshot.clone(),
+                );
                 let outbox = commit.outbox.clone();
                 let events = commit.events.clone();
                 let snapshot_version = commit.snapshot.as_ref().map(|s| s.version);
                 if commit.change_ids.is_empty() {
                     report.version = expected_version;
-                    return Ok(Committed { events, outbox_ids: vec![], outbox, report, snapshot_version: None });
+                    return Ok(Committed {
+                        events,
+                        outbox_ids: vec![],
+                        outbox,
+                        report,
+                        snapshot_version: None,
+                    });
                 }
                 match store.commit(commit).await {
                     Ok(outbox_ids) => {
                         report.version = expected_version + events.len() as u64;
-                        return Ok(Committed { events, outbox_ids, outbox, report, snapshot_version });
+                        return Ok(Committed {
+                            events,
+                            outbox_ids,
+                            outbox,
+                            report,
+                            snapshot_version,
+                        });
                     }
                     Err(StoreError::Duplicate) if attempt == 0 => {
                         let ids: Vec<String> = decisions.iter().map(|(id, _)| id.clone()).collect();
-                        skip = store.applied_changes(&customer_id, &ids).await.map_err(store_error)?;
+                        skip = store
+                            .applied_changes(&customer_id, &ids)
+                            .await
+                            .map_err(store_error)?;
                     }
                     Err(e) => return Err(store_error(e)),
                 }
@@ -233,7 +262,10 @@ impl CustomerActor {
                     if error.code == "version_conflict" {
                         // Another node wrote this journal: our state is stale. Stop, so the
                         // next request activates a fresh actor from the store.
-                        actor.deps.registry.remove_if_same(&actor.state.customer_id, &ctx.address());
+                        actor
+                            .deps
+                            .registry
+                            .remove_if_same(&actor.state.customer_id, &ctx.address());
                         ctx.stop();
                     }
                     return Err(error);
@@ -249,7 +281,10 @@ impl CustomerActor {
             metrics::CHANGES_DUPLICATE.add(committed.report.duplicates.len() as u64);
             metrics::CHANGES_REJECTED.add(committed.report.rejected.len() as u64);
             metrics::EVENTS_COMMITTED.add(committed.events.len() as u64);
-            actor.deps.relay.publish(committed.outbox_ids, committed.outbox);
+            actor
+                .deps
+                .relay
+                .publish(committed.outbox_ids, committed.outbox);
             Ok(serde_json::to_value(&committed.report).unwrap_or(Value::Null))
         })))
     }
@@ -259,7 +294,7 @@ impl CustomerActor {
 fn build_commit(
     customer_id: &kernel::CustomerId,
     expected_version: u64,
-    decisions: &[(String, Result<Vec<EventDraft>, (String, String)>)],
+    decisions: &[Decision],
     skip: &[String],
     snapshot: Option<Snapshot>,
 ) -> (Commit, ApplyReport) {
@@ -280,7 +315,11 @@ fn build_commit(
                 }
                 report.applied.push(change_id.clone());
             }
-            Err((code, detail)) => report.rejected.push((change_id.clone(), code.clone(), detail.clone())),
+            Err((code, detail)) => {
+                report
+                    .rejected
+                    .push((change_id.clone(), code.clone(), detail.clone()))
+            }
         }
     }
     let subject = subjects::push(customer_id);

@@ -41,9 +41,9 @@ pub async fn run_partition_consumers(node: Node, js: Context, mut shutdown: watc
             keep
         });
         for partition in current {
-            running
-                .entry(partition)
-                .or_insert_with(|| tokio::spawn(consume_partition(node.clone(), js.clone(), partition)));
+            running.entry(partition).or_insert_with(|| {
+                tokio::spawn(consume_partition(node.clone(), js.clone(), partition))
+            });
         }
         tokio::select! {
             changed = owned.changed() => if changed.is_err() { break },
@@ -102,14 +102,15 @@ async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) {
         changes.push(change);
     }
     let groups = group_by_customer(changes);
-    let results: Vec<(Vec<String>, Result<crate::ApplyReport, crate::CallError>)> = stream::iter(groups)
-        .map(|(customer, changes)| async move {
-            let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
-            (ids, node.apply_local(&customer, changes).await)
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let results: Vec<(Vec<String>, Result<crate::ApplyReport, crate::CallError>)> =
+        stream::iter(groups)
+            .map(|(customer, changes)| async move {
+                let ids: Vec<String> = changes.iter().map(|c| c.id.clone()).collect();
+                (ids, node.apply_local(&customer, changes).await)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
     for (ids, result) in results {
         match result {
             Ok(report) => {
@@ -146,7 +147,15 @@ async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) {
 }
 
 async fn dead_letter(js: &Context, message: &IncomingChange, code: &str, detail: &str) {
-    match jetstream::dead_letter_from(js, Some(message.subject()), message.payload().clone(), code, detail).await {
+    match jetstream::dead_letter_from(
+        js,
+        Some(message.subject()),
+        message.payload().clone(),
+        code,
+        detail,
+    )
+    .await
+    {
         Ok(()) => {
             let _ = message.term().await;
         }
@@ -188,6 +197,9 @@ impl ChangeSink for JetStreamSink {
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(SubmitReport { accepted, rejected: vec![] })
+        Ok(SubmitReport {
+            accepted,
+            rejected: vec![],
+        })
     }
 }

@@ -28,13 +28,13 @@ use kernel::bus::Bus;
 use kernel::store::Store;
 
 mod actor;
+pub mod ingest;
 mod node;
 pub mod protocol;
 mod registry;
 mod relay;
 pub mod runtime;
 mod sink;
-pub mod ingest;
 
 pub use node::Node;
 pub use protocol::{ApplyReport, CallError, CustomerRequest};

@@ -92,7 +92,11 @@ impl Node {
 
     /// Calls the customer's actor: locally when this node owns the customer's partition,
     /// otherwise over the bus on the partition's request subject.
-    pub async fn call(&self, customer: &CustomerId, request: CustomerRequest) -> Result<Value, CallError> {
+    pub async fn call(
+        &self,
+        customer: &CustomerId,
+        request: CustomerRequest,
+    ) -> Result<Value, CallError> {
         let mut backoff = Duration::from_millis(25);
         for _ in 0..ROUTE_ATTEMPTS {
             let result = if self.owns(customer) {
@@ -101,23 +105,37 @@ impl Node {
                 self.call_remote(customer, &request).await
             };
             match result {
-                Err(error) if error.code == "partition_moving" || error.code == "version_conflict" => {
+                Err(error)
+                    if error.code == "partition_moving" || error.code == "version_conflict" =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(800));
                 }
                 other => return other,
             }
         }
-        Err(CallError::unavailable("the customer's partition has no owner right now"))
+        Err(CallError::unavailable(
+            "the customer's partition has no owner right now",
+        ))
     }
 
     /// Applies changes of one customer, in order, on this node (the caller owns the partition).
-    pub async fn apply_local(&self, customer: &CustomerId, changes: Vec<Change>) -> Result<ApplyReport, CallError> {
-        let value = self.call_local(customer, CustomerRequest::Apply { changes }).await?;
+    pub async fn apply_local(
+        &self,
+        customer: &CustomerId,
+        changes: Vec<Change>,
+    ) -> Result<ApplyReport, CallError> {
+        let value = self
+            .call_local(customer, CustomerRequest::Apply { changes })
+            .await?;
         serde_json::from_value(value).map_err(|e| CallError::new("internal", e.to_string()))
     }
 
-    async fn call_local(&self, customer: &CustomerId, request: CustomerRequest) -> Result<Value, CallError> {
+    async fn call_local(
+        &self,
+        customer: &CustomerId,
+        request: CustomerRequest,
+    ) -> Result<Value, CallError> {
         let inner = &self.inner;
         for _ in 0..3 {
             if !self.owns(customer) {
@@ -138,7 +156,11 @@ impl Node {
         Err(CallError::unavailable("actor kept stopping"))
     }
 
-    async fn call_remote(&self, customer: &CustomerId, request: &CustomerRequest) -> Result<Value, CallError> {
+    async fn call_remote(
+        &self,
+        customer: &CustomerId,
+        request: &CustomerRequest,
+    ) -> Result<Value, CallError> {
         metrics::REMOTE_CALLS.inc();
         let envelope = Envelope {
             customer_id: customer.clone(),
@@ -173,7 +195,11 @@ async fn follow_ownership(node: Node, serve_remote: bool, mut shutdown: watch::R
     loop {
         let current = owned.borrow_and_update().clone();
         metrics::PARTITIONS_OWNED.set(current.len() as i64);
-        let lost: Vec<u32> = serving.keys().copied().filter(|p| !current.contains(p)).collect();
+        let lost: Vec<u32> = serving
+            .keys()
+            .copied()
+            .filter(|p| !current.contains(p))
+            .collect();
         for partition in lost {
             if let Some(task) = serving.remove(&partition) {
                 task.abort();
@@ -189,9 +215,9 @@ async fn follow_ownership(node: Node, serve_remote: bool, mut shutdown: watch::R
         }
         if serve_remote {
             for partition in current {
-                serving
-                    .entry(partition)
-                    .or_insert_with(|| tokio::spawn(serve_partition(node.clone(), partition, limit.clone())));
+                serving.entry(partition).or_insert_with(|| {
+                    tokio::spawn(serve_partition(node.clone(), partition, limit.clone()))
+                });
             }
         }
         tokio::select! {
@@ -206,7 +232,13 @@ async fn follow_ownership(node: Node, serve_remote: bool, mut shutdown: watch::R
 
 async fn serve_partition(node: Node, partition: u32, limit: Arc<Semaphore>) {
     let subject = subjects::partition_request(partition);
-    let mut requests = match node.inner.deps.bus.queue_subscribe(&subject, "owners").await {
+    let mut requests = match node
+        .inner
+        .deps
+        .bus
+        .queue_subscribe(&subject, "owners")
+        .await
+    {
         Ok(subscription) => subscription,
         Err(error) => {
             tracing::error!(%error, partition, "cannot serve partition requests");
@@ -215,12 +247,17 @@ async fn serve_partition(node: Node, partition: u32, limit: Arc<Semaphore>) {
     };
     while let Some(message) = requests.next().await {
         let Some(reply) = message.reply else { continue };
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let node = node.clone();
         tokio::spawn(async move {
             let answer = match serde_json::from_slice::<Envelope>(&message.payload) {
                 Ok(envelope) => {
-                    match node.call_local(&envelope.customer_id, envelope.request).await {
+                    match node
+                        .call_local(&envelope.customer_id, envelope.request)
+                        .await
+                    {
                         Ok(value) => Reply::Ok(value),
                         Err(error) => Reply::Err(error),
                     }

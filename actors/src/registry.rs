@@ -38,7 +38,11 @@ impl Registry {
     }
 
     /// Removes and returns the actors of one partition (the node lost it).
-    pub(crate) fn drain_partition(&self, partition: u32, partitions: u32) -> Vec<Addr<CustomerActor>> {
+    pub(crate) fn drain_partition(
+        &self,
+        partition: u32,
+        partitions: u32,
+    ) -> Vec<Addr<CustomerActor>> {
         let ids: Vec<CustomerId> = self
             .actors
             .iter()
@@ -146,15 +150,20 @@ async fn fetch_profile(id: &CustomerId, deps: &Deps) -> Result<Profile, CallErro
     let payload = serde_json::to_vec(&serde_json::json!({"customer_id": id})).unwrap_or_default();
     let answer = deps
         .bus
-        .request(&subjects::abs_command("customer.get"), payload.into(), deps.config.request_timeout)
+        .request(
+            &subjects::abs_command("customer.get"),
+            payload.into(),
+            deps.config.request_timeout,
+        )
         .await
         .map_err(|e| CallError::unavailable(format!("ABS: {e}")))?;
     match serde_json::from_slice::<Reply>(&answer) {
         Ok(Reply::Ok(value)) => serde_json::from_value(value)
             .map_err(|e| CallError::new("internal", format!("ABS profile: {e}"))),
-        Ok(Reply::Err(error)) if error.code == "not_found" => {
-            Err(CallError::new("unknown_customer", "the bank does not know this customer"))
-        }
+        Ok(Reply::Err(error)) if error.code == "not_found" => Err(CallError::new(
+            "unknown_customer",
+            "the bank does not know this customer",
+        )),
         Ok(Reply::Err(error)) => Err(error),
         Err(e) => Err(CallError::new("internal", format!("ABS answer: {e}"))),
     }

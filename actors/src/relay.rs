@@ -24,7 +24,11 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    pub(crate) fn start(store: Arc<dyn Store>, bus: Arc<dyn Bus>, shutdown: watch::Receiver<bool>) -> Self {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(FAST_PATH_CAPACITY);
         tokio::spawn(run(store, bus, rx, shutdown));
         Self { tx }
@@ -87,9 +91,17 @@ async fn run(
     }
 }
 
-async fn publish_and_delete(store: &dyn Store, bus: &dyn Bus, ids: Vec<i64>, messages: Vec<OutboxMessage>) {
+async fn publish_and_delete(
+    store: &dyn Store,
+    bus: &dyn Bus,
+    ids: Vec<i64>,
+    messages: Vec<OutboxMessage>,
+) {
     for message in messages {
-        if let Err(error) = bus.publish(&message.subject, Bytes::from(message.payload)).await {
+        if let Err(error) = bus
+            .publish(&message.subject, Bytes::from(message.payload))
+            .await
+        {
             // Leave the rows: the sweep retries them.
             tracing::warn!(%error, "outbox publish failed");
             return;

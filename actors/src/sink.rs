@@ -59,7 +59,10 @@ impl ChangeSink for LocalSink {
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
-        let mut report = SubmitReport { accepted, rejected: vec![] };
+        let mut report = SubmitReport {
+            accepted,
+            rejected: vec![],
+        };
         for (customer, result) in results {
             match result {
                 Ok(applied) => {

@@ -40,7 +40,10 @@ pub async fn post(args: PostArgs) -> anyhow::Result<()> {
         "mcc": args.mcc,
     });
     let response = reqwest::Client::new()
-        .post(format!("{}/admin/v1/abs/postings", args.url.trim_end_matches('/')))
+        .post(format!(
+            "{}/admin/v1/abs/postings",
+            args.url.trim_end_matches('/')
+        ))
         .bearer_auth(&args.key)
         .json(&body)
         .send()

@@ -18,7 +18,10 @@ pub struct ConfigError {
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { setting, reason: reason.into() }
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
 }
 
 /// Raw settings as they come from flags/env (clap) or the TOML file; all optional.
@@ -102,7 +105,10 @@ pub enum Mode {
     /// One process: in-process bus, SQLite in the data folder.
     Embedded,
     /// NATS JetStream and PostgreSQL shared by every node.
-    Cluster { nats_url: String, database_url: String },
+    Cluster {
+        nats_url: String,
+        database_url: String,
+    },
 }
 
 /// A validated node configuration.
@@ -121,9 +127,15 @@ pub struct Config {
     pub gateway: channels::GatewayConfig,
 }
 
-fn number<T: std::str::FromStr>(setting: &'static str, raw: Option<&str>, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn number<T>(
+    setting: &'static str,
+    raw: Option<&str>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let Some(raw) = raw else { return Ok(default) };
     let value: T = raw
@@ -131,7 +143,10 @@ where
         .parse()
         .map_err(|_| invalid(setting, format!("{raw:?} is not a whole number")))?;
     if value < min || value > max {
-        return Err(invalid(setting, format!("{value} is outside {min}..={max}")));
+        return Err(invalid(
+            setting,
+            format!("{value} is outside {min}..={max}"),
+        ));
     }
     Ok(value)
 }
@@ -150,10 +165,12 @@ impl Config {
     pub fn load(cli: RawSettings, file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let from_file = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<RawSettings>(&text)
-                    .map_err(|e| invalid("config", format!("{}: {}", path.display(), e.message())))?
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                toml::from_str::<RawSettings>(&text).map_err(|e| {
+                    invalid("config", format!("{}: {}", path.display(), e.message()))
+                })?
             }
             None => RawSettings::default(),
         };
@@ -162,9 +179,12 @@ impl Config {
 
     pub fn from_raw(raw: RawSettings) -> Result<Config, ConfigError> {
         let listen_raw = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen: SocketAddr = listen_raw
-            .parse()
-            .map_err(|_| invalid("listen", format!("{listen_raw:?} is not an address such as 127.0.0.1:8080")))?;
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_raw:?} is not an address such as 127.0.0.1:8080"),
+            )
+        })?;
         let empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let mode = match (empty(raw.nats_url), empty(raw.database_url)) {
             (None, None) => Mode::Embedded,
@@ -172,40 +192,86 @@ impl Config {
                 if !(nats_url.starts_with("nats://") || nats_url.starts_with("tls://")) {
                     return Err(invalid("nats", "must start with nats:// or tls://"));
                 }
-                if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+                if !(database_url.starts_with("postgres://")
+                    || database_url.starts_with("postgresql://"))
+                {
                     return Err(invalid("database-url", "must be a postgres:// URL"));
                 }
-                Mode::Cluster { nats_url, database_url }
+                Mode::Cluster {
+                    nats_url,
+                    database_url,
+                }
             }
-            (Some(_), None) => return Err(invalid("database-url", "a cluster node needs a PostgreSQL URL too")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "database-url",
+                    "a cluster node needs a PostgreSQL URL too",
+                ));
+            }
             (None, Some(_)) => return Err(invalid("nats", "a cluster node needs a NATS URL too")),
         };
         let embedded = mode == Mode::Embedded;
         let node_id = match raw.node_id {
             Some(id) => {
                 if kernel::CustomerId::parse(&id).is_err() {
-                    return Err(invalid("node-id", "must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'"));
+                    return Err(invalid(
+                        "node-id",
+                        "must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'",
+                    ));
                 }
                 id
             }
             None => format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         };
         let backoffice_key = match empty(raw.backoffice_key) {
-            Some(key) if key.len() < 16 => return Err(invalid("backoffice-key", "must be at least 16 characters")),
+            Some(key) if key.len() < 16 => {
+                return Err(invalid("backoffice-key", "must be at least 16 characters"));
+            }
             Some(key) => Some(key),
             None if embedded => None,
-            None => return Err(invalid("backoffice-key", "a cluster node needs one (ARBAT_BACKOFFICE_KEY)")),
+            None => {
+                return Err(invalid(
+                    "backoffice-key",
+                    "a cluster node needs one (ARBAT_BACKOFFICE_KEY)",
+                ));
+            }
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let actors = actors::ActorConfig {
             partitions: number("partitions", raw.partitions.as_deref(), 64, 1, 4096)?,
-            idle_timeout: Duration::from_millis(number("idle-timeout-ms", raw.idle_timeout_ms.as_deref(), 600_000, 100, 86_400_000)?),
+            idle_timeout: Duration::from_millis(number(
+                "idle-timeout-ms",
+                raw.idle_timeout_ms.as_deref(),
+                600_000,
+                100,
+                86_400_000,
+            )?),
             ..actors::ActorConfig::default()
         };
         let gateway = channels::GatewayConfig {
-            max_connections: number("max-connections", raw.max_connections.as_deref(), 100_000, 1, 10_000_000)?,
-            access_token_ttl: Duration::from_secs(number("access-token-ttl-s", raw.access_token_ttl_s.as_deref(), 900, 1, 86_400)?),
-            ws_ping_interval: Duration::from_millis(number("ws-ping-interval-ms", raw.ws_ping_interval_ms.as_deref(), 30_000, 100, 600_000)?),
+            max_connections: number(
+                "max-connections",
+                raw.max_connections.as_deref(),
+                100_000,
+                1,
+                10_000_000,
+            )?,
+            access_token_ttl: Duration::from_secs(number(
+                "access-token-ttl-s",
+                raw.access_token_ttl_s.as_deref(),
+                900,
+                1,
+                86_400,
+            )?),
+            ws_ping_interval: Duration::from_millis(number(
+                "ws-ping-interval-ms",
+                raw.ws_ping_interval_ms.as_deref(),
+                30_000,
+                100,
+                600_000,
+            )?),
             ..channels::GatewayConfig::default()
         };
         Ok(Config {
@@ -214,9 +280,21 @@ impl Config {
             demo: boolean("demo", raw.demo.as_deref(), embedded)?,
             mode,
             node_id,
-            lease_ttl: Duration::from_millis(number("lease-ttl-ms", raw.lease_ttl_ms.as_deref(), 10_000, 1_000, 600_000)?),
+            lease_ttl: Duration::from_millis(number(
+                "lease-ttl-ms",
+                raw.lease_ttl_ms.as_deref(),
+                10_000,
+                1_000,
+                600_000,
+            )?),
             backoffice_key,
-            grace_period: Duration::from_millis(number("grace-period-ms", raw.grace_period_ms.as_deref(), 10_000, 0, 600_000)?),
+            grace_period: Duration::from_millis(number(
+                "grace-period-ms",
+                raw.grace_period_ms.as_deref(),
+                10_000,
+                0,
+                600_000,
+            )?),
             actor_threads: number("actor-threads", raw.actor_threads.as_deref(), cores, 1, 256)?,
             actors,
             gateway,
@@ -240,13 +318,56 @@ mod tests {
     #[test]
     fn invalid_settings_are_named() {
         let cases: Vec<(RawSettings, &str)> = vec![
-            (RawSettings { listen: Some("nowhere".into()), ..Default::default() }, "listen"),
-            (RawSettings { partitions: Some("0".into()), ..Default::default() }, "partitions"),
-            (RawSettings { partitions: Some("many".into()), ..Default::default() }, "partitions"),
-            (RawSettings { nats_url: Some("nats://x:4222".into()), ..Default::default() }, "database-url"),
-            (RawSettings { demo: Some("perhaps".into()), ..Default::default() }, "demo"),
-            (RawSettings { backoffice_key: Some("short".into()), ..Default::default() }, "backoffice-key"),
-            (RawSettings { nats_url: Some("nats://x".into()), database_url: Some("postgres://x/y".into()), ..Default::default() }, "backoffice-key"),
+            (
+                RawSettings {
+                    listen: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "listen",
+            ),
+            (
+                RawSettings {
+                    partitions: Some("0".into()),
+                    ..Default::default()
+                },
+                "partitions",
+            ),
+            (
+                RawSettings {
+                    partitions: Some("many".into()),
+                    ..Default::default()
+                },
+                "partitions",
+            ),
+            (
+                RawSettings {
+                    nats_url: Some("nats://x:4222".into()),
+                    ..Default::default()
+                },
+                "database-url",
+            ),
+            (
+                RawSettings {
+                    demo: Some("perhaps".into()),
+                    ..Default::default()
+                },
+                "demo",
+            ),
+            (
+                RawSettings {
+                    backoffice_key: Some("short".into()),
+                    ..Default::default()
+                },
+                "backoffice-key",
+            ),
+            (
+                RawSettings {
+                    nats_url: Some("nats://x".into()),
+                    database_url: Some("postgres://x/y".into()),
+                    ..Default::default()
+                },
+                "backoffice-key",
+            ),
         ];
         for (raw, setting) in cases {
             let error = Config::from_raw(raw).unwrap_err();
@@ -256,8 +377,15 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
-        let file = RawSettings { listen: Some("127.0.0.1:1".into()), partitions: Some("8".into()), ..Default::default() };
-        let flags = RawSettings { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let file = RawSettings {
+            listen: Some("127.0.0.1:1".into()),
+            partitions: Some("8".into()),
+            ..Default::default()
+        };
+        let flags = RawSettings {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
         let config = Config::from_raw(flags.or(file)).unwrap();
         assert_eq!(config.listen.port(), 2);
         assert_eq!(config.actors.partitions, 8);

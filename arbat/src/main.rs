@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "arbat", version, about = "Arbat: real-time Internet & Mobile Banking")]
+#[command(
+    name = "arbat",
+    version,
+    about = "Arbat: real-time Internet & Mobile Banking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,11 @@ fn main() -> ExitCode {
         Err(error) => {
             let usage = error.use_stderr();
             let _ = error.print();
-            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
@@ -55,7 +63,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("arbat: cannot start the runtime: {error}");
@@ -73,7 +84,9 @@ fn main() -> ExitCode {
             };
             runtime.block_on(serve(config))
         }
-        Command::Abs { command: AbsCommand::Post(args) } => match runtime.block_on(arbat::abs_cli::post(args)) {
+        Command::Abs {
+            command: AbsCommand::Post(args),
+        } => match runtime.block_on(arbat::abs_cli::post(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("arbat: {error:#}");
@@ -110,13 +123,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -17,7 +17,11 @@ use crate::config::{Config, Mode};
 
 /// Runs a node on `listener` until `shutdown` turns true, then drains within the grace
 /// period. Tests call this with a listener on port 0.
-pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let database_url = match &config.mode {
         Mode::Embedded => None,
@@ -43,10 +47,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receive
             (Arc::new(bus::InProcessBus::new()), rx)
         }
         Mode::Cluster { nats_url, .. } => {
-            let nats = bus::NatsBus::connect(nats_url).await.context("connecting to NATS")?;
+            let nats = bus::NatsBus::connect(nats_url)
+                .await
+                .context("connecting to NATS")?;
             let js = nats.jetstream();
-            bus::jetstream::ensure_abs_stream(&js, partitions).await.context("creating the ABS_EVENTS stream")?;
-            bus::jetstream::ensure_dlq_stream(&js).await.context("creating the dead-letter stream")?;
+            bus::jetstream::ensure_abs_stream(&js, partitions)
+                .await
+                .context("creating the ABS_EVENTS stream")?;
+            bus::jetstream::ensure_dlq_stream(&js)
+                .await
+                .context("creating the dead-letter stream")?;
             let mut stop = shutdown.clone();
             let (manager, owned) = bus::LeaseManager::start(
                 js.clone(),
@@ -78,7 +88,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receive
     let sink: Arc<dyn ChangeSink> = match &jetstream {
         None => Arc::new(LocalSink::new(node.clone())),
         Some(js) => {
-            tokio::spawn(actors::ingest::run_partition_consumers(node.clone(), js.clone(), shutdown.clone()));
+            tokio::spawn(actors::ingest::run_partition_consumers(
+                node.clone(),
+                js.clone(),
+                shutdown.clone(),
+            ));
             Arc::new(actors::ingest::JetStreamSink::new(js.clone()))
         }
     };
@@ -86,7 +100,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receive
     // The reference ABS answers on the bus from every node (a queue group).
     let abs = abs::Abs::new(store.clone(), sink.clone());
     if config.demo {
-        let added = abs::demo::seed(&*store).await.context("seeding the demo ABS")?;
+        let added = abs::demo::seed(&*store)
+            .await
+            .context("seeding the demo ABS")?;
         seed_demo_logins(&*store).await?;
         tracing::info!(added, "demo data seeded");
     }
@@ -94,7 +110,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receive
 
     let mut candidate = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut candidate);
-    let token_secret = store.secret("access_token_key_1", &candidate).await.context("loading the token key")?;
+    let token_secret = store
+        .secret("access_token_key_1", &candidate)
+        .await
+        .context("loading the token key")?;
     let (backoffice_key, generated_key) = match &config.backoffice_key {
         Some(key) => (key.clone(), false),
         None => (random_key(), true),
@@ -116,14 +135,24 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: watch::Receive
         shutdown: shutdown.clone(),
     });
 
-    announce(&config, address, generated_key.then_some(backoffice_key.as_str()));
+    announce(
+        &config,
+        address,
+        generated_key.then_some(backoffice_key.as_str()),
+    );
     let server = tokio::spawn(channels::run(listener, gateway));
 
     // Run until the shutdown flag, then give requests in flight the grace period.
     let mut stop = shutdown.clone();
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
-    tracing::info!(grace_period_ms = config.grace_period.as_millis() as u64, "draining");
-    if tokio::time::timeout(config.grace_period, server).await.is_err() {
+    tracing::info!(
+        grace_period_ms = config.grace_period.as_millis() as u64,
+        "draining"
+    );
+    if tokio::time::timeout(config.grace_period, server)
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; closing what is left");
     }
     if let Some(manager) = lease_manager {
@@ -147,13 +176,18 @@ async fn seed_demo_logins(store: &dyn Store) -> anyhow::Result<()> {
         let password_hash = match &hash {
             Some(hash) => String::clone(hash),
             None => {
-                let new = channels::hash_password(abs::demo::DEMO_PASSWORD).map_err(anyhow::Error::msg)?;
+                let new = channels::hash_password(abs::demo::DEMO_PASSWORD)
+                    .map_err(anyhow::Error::msg)?;
                 hash = Some(new.clone());
                 new
             }
         };
         store
-            .insert_credential(&Credential { login, customer_id: abs::demo::customer_id(n), password_hash })
+            .insert_credential(&Credential {
+                login,
+                customer_id: abs::demo::customer_id(n),
+                password_hash,
+            })
             .await?;
     }
     Ok(())
@@ -171,7 +205,9 @@ fn announce(config: &Config, address: std::net::SocketAddr, generated_key: Optio
         Mode::Cluster { .. } => format!("cluster node {}", config.node_id),
     };
     println!("Arbat is listening on http://{address} ({mode})");
-    println!("  REST: http://{address}/v1   WebSocket: ws://{address}/v1/ws   metrics: http://{address}/metrics");
+    println!(
+        "  REST: http://{address}/v1   WebSocket: ws://{address}/v1/ws   metrics: http://{address}/metrics"
+    );
     if config.demo {
         println!(
             "  Demo: log in with POST /v1/auth/login {{\"login\": \"+79990000001\", \"password\": \"{}\", \"device_id\": \"demo\"}} (logins +79990000001 … +79990000100)",
@@ -179,6 +215,8 @@ fn announce(config: &Config, address: std::net::SocketAddr, generated_key: Optio
         );
     }
     if let Some(key) = generated_key {
-        println!("  Back-office key (generated for this run; set ARBAT_BACKOFFICE_KEY to fix it): {key}");
+        println!(
+            "  Back-office key (generated for this run; set ARBAT_BACKOFFICE_KEY to fix it): {key}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
@@ -45,7 +45,11 @@ pub(crate) struct LoginRequest {
 }
 
 fn invalid_credentials() -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "login or password is wrong")
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "login or password is wrong",
+    )
 }
 
 pub(crate) async fn login(
@@ -57,7 +61,9 @@ pub(crate) async fn login(
         return Err(invalid_credentials());
     }
     if request.device_id.is_empty() || request.device_id.len() > 128 {
-        return Err(Problem::bad_request("device_id must be 1 to 128 characters"));
+        return Err(Problem::bad_request(
+            "device_id must be 1 to 128 characters",
+        ));
     }
     let credential = gateway
         .store
@@ -72,7 +78,11 @@ pub(crate) async fn login(
     // argon2 is deliberately slow: keep it off the async workers.
     let verified = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -121,22 +131,35 @@ impl Gateway {
             .verify(token, kernel::now().unix_timestamp())
             .map_err(|_| Problem::unauthorized())?;
         if claims.scope != "customer" {
-            return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "this token cannot be used here"));
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token cannot be used here",
+            ));
         }
         Ok(claims)
     }
 }
 
 pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 impl FromRequestParts<Arc<Gateway>> for Customer {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, Problem> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Self, Problem> {
         let token = bearer(parts).ok_or_else(Problem::unauthorized)?;
         gateway.verify_customer_token(token).map(Customer)
     }

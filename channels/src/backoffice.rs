@@ -25,14 +25,25 @@ pub(crate) struct Backoffice;
 impl axum::extract::FromRequestParts<Arc<Gateway>> for Backoffice {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, gateway: &Arc<Gateway>) -> Result<Self, Problem> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Self, Problem> {
         let token = bearer(parts).ok_or_else(Problem::unauthorized)?;
         let key = gateway.config.backoffice_key.as_bytes();
         // Constant-time comparison: the key is a secret.
         let matches = !key.is_empty()
             && token.len() == key.len()
-            && token.bytes().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if matches { Ok(Backoffice) } else { Err(Problem::unauthorized()) }
+            && token
+                .bytes()
+                .zip(key)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if matches {
+            Ok(Backoffice)
+        } else {
+            Err(Problem::unauthorized())
+        }
     }
 }
 
@@ -49,31 +60,48 @@ pub(crate) async fn ingest(
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let Json(batch) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
-        return Err(Problem::bad_request(format!("`events` must hold 1 to {MAX_BATCH} changes")));
+        return Err(Problem::bad_request(format!(
+            "`events` must hold 1 to {MAX_BATCH} changes"
+        )));
     }
     let mut changes = Vec::with_capacity(batch.events.len());
     let mut errors = vec![];
     for (index, raw) in batch.events.into_iter().enumerate() {
         match Change::from_value(raw) {
             Ok(change) => changes.push(change),
-            Err(e) => errors.push(json!({"index": index, "code": e.code(), "detail": e.to_string()})),
+            Err(e) => {
+                errors.push(json!({"index": index, "code": e.code(), "detail": e.to_string()}))
+            }
         }
     }
     if !errors.is_empty() {
-        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_change", "some changes are invalid; none was accepted")
-            .with("errors", Value::Array(errors)));
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_change",
+            "some changes are invalid; none was accepted",
+        )
+        .with("errors", Value::Array(errors)));
     }
     let count = changes.len();
     let report = gateway.sink.submit(changes).await.map_err(sink_problem)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": count, "rejected": report.rejected.iter()
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": count, "rejected": report.rejected.iter()
         .map(|(id, code, detail)| json!({"id": id, "code": code, "detail": detail}))
-        .collect::<Vec<_>>()}))))
+        .collect::<Vec<_>>()})),
+    ))
 }
 
 fn sink_problem(error: SinkError) -> Problem {
     match error {
-        SinkError::UnknownCustomer(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_customer", error.to_string()),
-        SinkError::Unavailable(_) => Problem::unavailable("changes could not be made durable; retry with the same ids"),
+        SinkError::UnknownCustomer(_) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_customer",
+            error.to_string(),
+        ),
+        SinkError::Unavailable(_) => {
+            Problem::unavailable("changes could not be made durable; retry with the same ids")
+        }
     }
 }
 
@@ -92,7 +120,9 @@ pub(crate) async fn abs_post(
         Err(error) => {
             let status = match error {
                 abs::AbsError::UnknownAccount => StatusCode::NOT_FOUND,
-                abs::AbsError::InsufficientFunds | abs::AbsError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                abs::AbsError::InsufficientFunds | abs::AbsError::Invalid(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 abs::AbsError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
             Err(Problem::new(status, error.code(), error.to_string()))

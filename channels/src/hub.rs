@@ -71,24 +71,36 @@ impl Hub {
 
     /// Joins the customer's live subject. Returns once the bus subscription is in place, so
     /// anything published after this returns reaches the receiver (listen before replay).
-    pub async fn join(&self, customer: &CustomerId, buffer: usize) -> Result<(Membership, mpsc::Receiver<Bytes>), BusError> {
+    pub async fn join(
+        &self,
+        customer: &CustomerId,
+        buffer: usize,
+    ) -> Result<(Membership, mpsc::Receiver<Bytes>), BusError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let topic = {
             // Joining under the map's entry lock serialises with `leave` removing the topic.
-            let entry = self.inner.topics.entry(customer.clone()).or_insert_with(|| {
-                Arc::new(Topic {
-                    members: Members::default(),
-                    ready: OnceCell::new(),
-                    task: std::sync::Mutex::new(None),
-                })
-            });
+            let entry = self
+                .inner
+                .topics
+                .entry(customer.clone())
+                .or_insert_with(|| {
+                    Arc::new(Topic {
+                        members: Members::default(),
+                        ready: OnceCell::new(),
+                        task: std::sync::Mutex::new(None),
+                    })
+                });
             if let Ok(mut members) = entry.members.lock() {
                 members.push((id, tx));
             }
             entry.clone()
         };
-        let membership = Membership { hub: self.clone(), customer: customer.clone(), id };
+        let membership = Membership {
+            hub: self.clone(),
+            customer: customer.clone(),
+            id,
+        };
         let ready = topic
             .ready
             .get_or_init(|| async {
@@ -109,7 +121,9 @@ impl Hub {
 
     fn leave(&self, customer: &CustomerId, id: u64) {
         let removed = self.inner.topics.remove_if(customer, |_, topic| {
-            let Ok(mut members) = topic.members.lock() else { return false };
+            let Ok(mut members) = topic.members.lock() else {
+                return false;
+            };
             members.retain(|(member, _)| *member != id);
             members.is_empty()
         });
@@ -125,7 +139,9 @@ impl Hub {
 async fn fan_out(mut subscription: kernel::bus::Subscription, topic: std::sync::Weak<Topic>) {
     while let Some(message) = subscription.next().await {
         let Some(topic) = topic.upgrade() else { return };
-        let Ok(mut members) = topic.members.lock() else { return };
+        let Ok(mut members) = topic.members.lock() else {
+            return;
+        };
         // A full queue means the socket fell behind: drop its sender so it sheds itself.
         members.retain(|(_, tx)| tx.try_send(message.payload.clone()).is_ok());
     }

@@ -26,7 +26,11 @@ pub(crate) async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResp
         .is_ok_and(|r| r.is_ok());
     let owned: Vec<u32> = gateway.node.owned().borrow().iter().copied().collect();
     let body = serde_json::json!({"store": store_ok, "bus": bus_ok, "partitions": owned});
-    let status = if store_ok && bus_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if store_ok && bus_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body))
 }
 

@@ -14,13 +14,22 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), extra: None }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: None,
+        }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
     }
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid access token is required")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid access token is required",
+        )
     }
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
@@ -29,7 +38,11 @@ impl Problem {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side",
+        )
     }
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
         self.extra = Some((key, value));
@@ -45,9 +58,19 @@ impl From<actors::CallError> for Problem {
     fn from(error: actors::CallError) -> Self {
         match error.code.as_str() {
             "not_found" => Problem::not_found(),
-            "unknown_customer" => Problem::new(StatusCode::NOT_FOUND, "unknown_customer", "the bank does not know this customer"),
-            "timeout" => Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request took too long; try again"),
-            "unavailable" | "partition_moving" | "version_conflict" => Problem::unavailable("temporarily unavailable; try again"),
+            "unknown_customer" => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown_customer",
+                "the bank does not know this customer",
+            ),
+            "timeout" => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request took too long; try again",
+            ),
+            "unavailable" | "partition_moving" | "version_conflict" => {
+                Problem::unavailable("temporarily unavailable; try again")
+            }
             "bad_request" => Problem::bad_request(error.detail),
             _ => {
                 tracing::error!(code = %error.code, detail = %error.detail, "call failed");

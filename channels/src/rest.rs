@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use actors::CustomerRequest;
 use axum::Json;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -16,12 +16,25 @@ use crate::Gateway;
 use crate::auth::Customer;
 use crate::problem::Problem;
 
-pub(crate) async fn me(State(gateway): State<Arc<Gateway>>, Customer(claims): Customer) -> Result<Json<Value>, Problem> {
-    Ok(Json(gateway.node.call(&claims.sub, CustomerRequest::Me).await?))
+pub(crate) async fn me(
+    State(gateway): State<Arc<Gateway>>,
+    Customer(claims): Customer,
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(
+        gateway.node.call(&claims.sub, CustomerRequest::Me).await?,
+    ))
 }
 
-pub(crate) async fn products(State(gateway): State<Arc<Gateway>>, Customer(claims): Customer) -> Result<Json<Value>, Problem> {
-    Ok(Json(gateway.node.call(&claims.sub, CustomerRequest::Products).await?))
+pub(crate) async fn products(
+    State(gateway): State<Arc<Gateway>>,
+    Customer(claims): Customer,
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(
+        gateway
+            .node
+            .call(&claims.sub, CustomerRequest::Products)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -41,8 +54,11 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<OffsetDateTime>, P
 }
 
 fn parse_cursor(raw: Option<&str>) -> Result<Option<u64>, Problem> {
-    raw.map(|raw| raw.parse::<u64>().map_err(|_| Problem::bad_request("`cursor` is not a cursor from this API")))
-        .transpose()
+    raw.map(|raw| {
+        raw.parse::<u64>()
+            .map_err(|_| Problem::bad_request("`cursor` is not a cursor from this API"))
+    })
+    .transpose()
 }
 
 fn parse_limit(limit: Option<u32>, default: u32) -> Result<u32, Problem> {
@@ -86,7 +102,10 @@ pub(crate) async fn feed(
     let Query(params) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
     let before = parse_cursor(params.cursor.as_deref())?;
     let limit = parse_limit(params.limit, 50)?;
-    let head = gateway.node.call(&claims.sub, CustomerRequest::FeedHead).await?;
+    let head = gateway
+        .node
+        .call(&claims.sub, CustomerRequest::FeedHead)
+        .await?;
     let items = gateway
         .store
         .feed_page(&claims.sub, before, limit)
@@ -115,6 +134,8 @@ pub(crate) async fn feed_read(
     body: Result<Json<ReadRequest>, JsonRejection>,
 ) -> Result<Json<Value>, Problem> {
     let Json(request) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let request = CustomerRequest::MarkRead { up_to_seq: request.up_to_seq };
+    let request = CustomerRequest::MarkRead {
+        up_to_seq: request.up_to_seq,
+    };
     Ok(Json(gateway.node.call(&claims.sub, request).await?))
 }

@@ -76,11 +76,17 @@ impl TokenKeys {
             return Err(TokenError::Malformed);
         };
         let key = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Malformed)?;
+        let mac = URL_SAFE_NO_PAD
+            .decode(mac)
+            .map_err(|_| TokenError::Malformed)?;
         let mut verifier = HmacSha256::new_from_slice(key).map_err(|_| TokenError::UnknownKey)?;
         verifier.update(signed.as_bytes());
-        verifier.verify_slice(&mac).map_err(|_| TokenError::BadSignature)?;
-        let body = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Malformed)?;
+        verifier
+            .verify_slice(&mac)
+            .map_err(|_| TokenError::BadSignature)?;
+        let body = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&body).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now_unix {
             return Err(TokenError::Expired);
@@ -91,7 +97,8 @@ impl TokenKeys {
     fn mac(&self, kid: &str, data: &[u8]) -> Vec<u8> {
         let key = self.keys.get(kid).map(Vec::as_slice).unwrap_or_default();
         let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| {
-            HmacSha256::new_from_slice(b"-").unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+            HmacSha256::new_from_slice(b"-")
+                .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
         });
         mac.update(data);
         mac.finalize().into_bytes().to_vec()
@@ -103,7 +110,13 @@ mod tests {
     use super::*;
 
     fn claims(exp: i64) -> Claims {
-        Claims { sub: CustomerId::parse("c1").unwrap(), sid: "s1".into(), scope: "customer".into(), iat: 0, exp }
+        Claims {
+            sub: CustomerId::parse("c1").unwrap(),
+            sid: "s1".into(),
+            scope: "customer".into(),
+            iat: 0,
+            exp,
+        }
     }
 
     #[test]
@@ -126,7 +139,10 @@ mod tests {
         let forged = format!("v1.k1.{forged_body}.{}", parts[3]);
         assert_eq!(keys.verify(&forged, 0), Err(TokenError::BadSignature));
         assert_eq!(keys.verify("garbage", 0), Err(TokenError::Malformed));
-        assert_eq!(keys.verify("v1.k9.e30.AAAA", 0), Err(TokenError::UnknownKey));
+        assert_eq!(
+            keys.verify("v1.k9.e30.AAAA", 0),
+            Err(TokenError::UnknownKey)
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kernel::{CustomerId, FeedEvent, metrics};
@@ -33,7 +33,9 @@ const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
 
 /// The token from `Authorization: Bearer` or the `bearer.<token>` subprotocol.
 fn token_of(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         && let Some((scheme, token)) = value.split_once(' ')
         && scheme.eq_ignore_ascii_case("bearer")
     {
@@ -68,8 +70,12 @@ pub(crate) async fn upgrade(
     let open = gateway.sockets.fetch_add(1, Ordering::AcqRel);
     if open >= gateway.config.max_connections {
         gateway.sockets.fetch_sub(1, Ordering::AcqRel);
-        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", "this node holds its maximum of sockets; try another or later")
-            .into_response();
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this node holds its maximum of sockets; try another or later",
+        )
+        .into_response();
     }
     let offered_arbat = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -125,12 +131,23 @@ async fn session(mut socket: WebSocket, gateway: Arc<Gateway>, claims: Claims) {
         if code == CLOSE_TOO_SLOW {
             metrics::SOCKETS_SHED_SLOW.inc();
         }
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 
-async fn run_session(socket: &mut WebSocket, gateway: &Gateway, claims: &Claims) -> Result<(), End> {
+async fn run_session(
+    socket: &mut WebSocket,
+    gateway: &Gateway,
+    claims: &Claims,
+) -> Result<(), End> {
     let config = &gateway.config;
     let customer = &claims.sub;
     let expires_in = (claims.exp - kernel::now().unix_timestamp()).max(0) as u64;
@@ -170,7 +187,12 @@ async fn run_session(socket: &mut WebSocket, gateway: &Gateway, claims: &Claims)
     if resume_from.is_some() {
         last_sent = replay(socket, gateway, customer, last_sent, None).await?;
     }
-    send(socket, config.ws_send_timeout, json!({"type": "live", "head": last_sent}).to_string()).await?;
+    send(
+        socket,
+        config.ws_send_timeout,
+        json!({"type": "live", "head": last_sent}).to_string(),
+    )
+    .await?;
 
     // 3. Live.
     let mut ping = tokio::time::interval(config.ws_ping_interval);
@@ -236,7 +258,12 @@ async fn replay(
                 return Ok(after);
             }
             let payload = event.to_json();
-            send(socket, gateway.config.ws_send_timeout, event_frame(event.seq, &payload)).await?;
+            send(
+                socket,
+                gateway.config.ws_send_timeout,
+                event_frame(event.seq, &payload),
+            )
+            .await?;
             after = event.seq;
         }
         if page_len < REPLAY_PAGE as usize {

@@ -176,7 +176,10 @@ impl CustomerState {
                     data.insert("counterparty".into(), json!(counterparty));
                 }
             }
-            ChangeBody::BalanceChanged { account_id, balance } => {
+            ChangeBody::BalanceChanged {
+                account_id,
+                balance,
+            } => {
                 self.check_balance_currency(account_id, balance)?;
                 data.insert("account_id".into(), json!(account_id));
                 data.insert("balance".into(), json!(balance));
@@ -227,7 +230,13 @@ impl CustomerState {
     /// version: the journal may hold kinds that a newer node wrote.
     pub fn apply(&mut self, event: &FeedEvent) {
         self.version = self.version.max(event.seq);
-        let text = |key: &str| event.data.get(key).and_then(Value::as_str).map(str::to_owned);
+        let text = |key: &str| {
+            event
+                .data
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let money = |key: &str| {
             event
                 .data
@@ -267,7 +276,8 @@ impl CustomerState {
                 }
             }
             "product_changed" => {
-                if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id)) {
+                if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
+                {
                     if let Some(status) = text("status") {
                         product.status = status;
                     }

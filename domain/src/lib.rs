@@ -14,4 +14,6 @@
 pub mod customer;
 pub mod views;
 
-pub use customer::{CustomerState, EventDraft, Product, ProductKind, Profile, Rejection, Transaction};
+pub use customer::{
+    CustomerState, EventDraft, Product, ProductKind, Profile, Rejection, Transaction,
+};

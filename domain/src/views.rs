@@ -47,7 +47,11 @@ pub struct TransactionPage {
 
 /// `GET /v1/accounts/{id}/transactions` from the recent window; `None` if the customer has
 /// no such product (the caller answers 404 without saying whose it might be).
-pub fn transactions(state: &CustomerState, account_id: &str, query: &TransactionQuery) -> Option<TransactionPage> {
+pub fn transactions(
+    state: &CustomerState,
+    account_id: &str,
+    query: &TransactionQuery,
+) -> Option<TransactionPage> {
     state.products.get(account_id)?;
     let limit = query.limit.clamp(1, 100);
     let mut matching = state

@@ -100,34 +100,101 @@ pub fn count_error(code: &str) {
 pub fn render() -> String {
     let mut out = String::with_capacity(2048);
     let counters: [(&str, &str, &Counter); 12] = [
-        ("arbat_changes_applied_total", "Cache Control changes applied", &CHANGES_APPLIED),
-        ("arbat_changes_duplicate_total", "Changes skipped as already applied", &CHANGES_DUPLICATE),
-        ("arbat_changes_rejected_total", "Changes refused and dead-lettered", &CHANGES_REJECTED),
-        ("arbat_events_committed_total", "Feed events committed to the journal", &EVENTS_COMMITTED),
-        ("arbat_actor_activations_total", "Customer actor activations", &ACTIVATIONS),
-        ("arbat_actor_passivations_total", "Customer actor passivations", &PASSIVATIONS),
-        ("arbat_sockets_shed_slow_total", "WebSockets closed for falling behind", &SOCKETS_SHED_SLOW),
-        ("arbat_ws_frames_sent_total", "Event frames sent on WebSockets", &FRAMES_SENT),
-        ("arbat_outbox_published_total", "Outbox messages published", &OUTBOX_PUBLISHED),
-        ("arbat_remote_calls_total", "Customer calls routed to another node", &REMOTE_CALLS),
+        (
+            "arbat_changes_applied_total",
+            "Cache Control changes applied",
+            &CHANGES_APPLIED,
+        ),
+        (
+            "arbat_changes_duplicate_total",
+            "Changes skipped as already applied",
+            &CHANGES_DUPLICATE,
+        ),
+        (
+            "arbat_changes_rejected_total",
+            "Changes refused and dead-lettered",
+            &CHANGES_REJECTED,
+        ),
+        (
+            "arbat_events_committed_total",
+            "Feed events committed to the journal",
+            &EVENTS_COMMITTED,
+        ),
+        (
+            "arbat_actor_activations_total",
+            "Customer actor activations",
+            &ACTIVATIONS,
+        ),
+        (
+            "arbat_actor_passivations_total",
+            "Customer actor passivations",
+            &PASSIVATIONS,
+        ),
+        (
+            "arbat_sockets_shed_slow_total",
+            "WebSockets closed for falling behind",
+            &SOCKETS_SHED_SLOW,
+        ),
+        (
+            "arbat_ws_frames_sent_total",
+            "Event frames sent on WebSockets",
+            &FRAMES_SENT,
+        ),
+        (
+            "arbat_outbox_published_total",
+            "Outbox messages published",
+            &OUTBOX_PUBLISHED,
+        ),
+        (
+            "arbat_remote_calls_total",
+            "Customer calls routed to another node",
+            &REMOTE_CALLS,
+        ),
         ("arbat_logins_ok_total", "Successful logins", &LOGINS_OK),
         ("arbat_logins_failed_total", "Failed logins", &LOGINS_FAILED),
     ];
     for (name, help, counter) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", counter.get());
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            counter.get()
+        );
     }
     let gauges: [(&str, &str, &Gauge); 4] = [
-        ("arbat_actors_resident", "Customer actors in memory", &ACTORS_RESIDENT),
+        (
+            "arbat_actors_resident",
+            "Customer actors in memory",
+            &ACTORS_RESIDENT,
+        ),
         ("arbat_sockets_open", "Open WebSockets", &SOCKETS_OPEN),
-        ("arbat_outbox_lag", "Outbox rows waiting to be published", &OUTBOX_LAG),
-        ("arbat_partitions_owned", "Partitions this node owns", &PARTITIONS_OWNED),
+        (
+            "arbat_outbox_lag",
+            "Outbox rows waiting to be published",
+            &OUTBOX_LAG,
+        ),
+        (
+            "arbat_partitions_owned",
+            "Partitions this node owns",
+            &PARTITIONS_OWNED,
+        ),
     ];
     for (name, help, gauge) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", gauge.get());
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+            gauge.get()
+        );
     }
-    let _ = writeln!(out, "# HELP arbat_errors_total Errors answered, by code\n# TYPE arbat_errors_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP arbat_errors_total Errors answered, by code\n# TYPE arbat_errors_total counter"
+    );
     for (code, counter) in &ERRORS {
-        let _ = writeln!(out, "arbat_errors_total{{code=\"{code}\"}} {}", counter.get());
+        let _ = writeln!(
+            out,
+            "arbat_errors_total{{code=\"{code}\"}} {}",
+            counter.get()
+        );
     }
     out
 }

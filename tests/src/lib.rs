@@ -112,7 +112,10 @@ impl ArbatProcess {
     pub async fn start(spec: NodeSpec) -> anyhow::Result<Self> {
         let binary = arbat_binary();
         if !binary.exists() {
-            bail!("{} not found: build it with `cargo build -p arbat` or set ARBAT_BIN", binary.display());
+            bail!(
+                "{} not found: build it with `cargo build -p arbat` or set ARBAT_BIN",
+                binary.display()
+            );
         }
         let child = Command::new(&binary)
             .args(&spec.args)
@@ -121,7 +124,10 @@ impl ArbatProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting arbat")?;
-        let process = Self { spec, child: Some(child) };
+        let process = Self {
+            spec,
+            child: Some(child),
+        };
         process.wait_ready(Duration::from_secs(60)).await?;
         Ok(process)
     }
@@ -135,7 +141,10 @@ impl ArbatProcess {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: self.url(), http: reqwest::Client::new() }
+        Client {
+            base: self.url(),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
@@ -162,7 +171,11 @@ impl ArbatProcess {
         };
         body["partitions"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p.as_u64().map(|p| p as u32)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_u64().map(|p| p as u32))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -208,12 +221,19 @@ pub struct Client {
 impl Client {
     pub async fn login(&self, n: u32) -> anyhow::Result<String> {
         let (status, body) = self
-            .post("/v1/auth/login", None, json!({"login": phone(n), "password": DEMO_PASSWORD, "device_id": "e2e"}))
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"login": phone(n), "password": DEMO_PASSWORD, "device_id": "e2e"}),
+            )
             .await?;
         if status != 200 {
             bail!("login of {n} failed: {status} {body}");
         }
-        body["access_token"].as_str().map(str::to_owned).context("no access_token")
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
@@ -226,7 +246,12 @@ impl Client {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
-    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> anyhow::Result<(u16, Value)> {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -239,7 +264,9 @@ impl Client {
     /// A posting in the reference ABS (it publishes transaction_posted + balance_changed).
     pub async fn abs_post(&self, id: &str, account: &str, amount: &str) -> anyhow::Result<Value> {
         let body = json!({"id": id, "account_id": account, "amount": {"amount": amount, "currency": "RUB"}, "description": format!("e2e {id}")});
-        let (status, body) = self.post("/admin/v1/abs/postings", Some(BACKOFFICE_KEY), body).await?;
+        let (status, body) = self
+            .post("/admin/v1/abs/postings", Some(BACKOFFICE_KEY), body)
+            .await?;
         if status != 201 {
             bail!("posting {id} refused: {status} {body}");
         }
@@ -277,7 +304,8 @@ pub fn balance_change(id: &str, n: u32, amount: &str) -> Value {
         "balance": {"amount": amount, "currency": "RUB"}})
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client speaking API.md's protocol.
 pub struct Socket {
@@ -296,17 +324,23 @@ impl Socket {
     /// Connects with the token in the Authorization header.
     pub async fn connect(url: &str, token: &str) -> anyhow::Result<Self> {
         let mut request = url.into_client_request()?;
-        request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Self { stream })
     }
 
     /// Connects with the browser form: subprotocols `arbat.v1, bearer.<token>`.
-    pub async fn connect_subprotocol(url: &str, token: &str) -> anyhow::Result<(Self, Option<String>)> {
+    pub async fn connect_subprotocol(
+        url: &str,
+        token: &str,
+    ) -> anyhow::Result<(Self, Option<String>)> {
         let mut request = url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert("sec-websocket-protocol", format!("arbat.v1, bearer.{token}").parse()?);
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("arbat.v1, bearer.{token}").parse()?,
+        );
         let (stream, response) = tokio_tungstenite::connect_async(request).await?;
         let chosen = response
             .headers()
@@ -337,12 +371,16 @@ impl Socket {
                             seq: value["seq"].as_u64().context("seq")?,
                             event: value["event"].clone(),
                         }),
-                        Some("live") => Ok(Frame::Live { head: value["head"].as_u64().context("head")? }),
+                        Some("live") => Ok(Frame::Live {
+                            head: value["head"].as_u64().context("head")?,
+                        }),
                         other => bail!("unexpected frame type {other:?}: {text}"),
                     };
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Ok(Frame::Closed { code: frame.map(|f| u16::from(f.code)) });
+                    return Ok(Frame::Closed {
+                        code: frame.map(|f| u16::from(f.code)),
+                    });
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Ok(Frame::Closed { code: None }),
@@ -351,12 +389,19 @@ impl Socket {
     }
 
     /// Reads events until `count` have arrived; fails on anything else.
-    pub async fn events(&mut self, count: usize, limit: Duration) -> anyhow::Result<Vec<(u64, Value)>> {
+    pub async fn events(
+        &mut self,
+        count: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<(u64, Value)>> {
         let mut out = vec![];
         while out.len() < count {
             match self.next(limit).await? {
                 Frame::Event { seq, event } => out.push((seq, event)),
-                other => bail!("expected an event, got {other:?} after {} events", out.len()),
+                other => bail!(
+                    "expected an event, got {other:?} after {} events",
+                    out.len()
+                ),
             }
         }
         Ok(out)
@@ -364,7 +409,9 @@ impl Socket {
 
     /// True if nothing arrives within `quiet`.
     pub async fn is_quiet(&mut self, quiet: Duration) -> bool {
-        tokio::time::timeout(quiet, self.stream.next()).await.is_err()
+        tokio::time::timeout(quiet, self.stream.next())
+            .await
+            .is_err()
     }
 
     pub async fn close(mut self) {

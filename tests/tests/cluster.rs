@@ -6,7 +6,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::Publish};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tests::{ArbatProcess, Frame, NatsServer, NodeSpec, PgDatabase, Socket, account, balance_change, customer, eventually};
+use tests::{
+    ArbatProcess, Frame, NatsServer, NodeSpec, PgDatabase, Socket, account, balance_change,
+    customer, eventually,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 const PARTITIONS: u32 = 16;
@@ -21,10 +24,18 @@ impl Cluster {
     async fn start(nodes: usize) -> Cluster {
         let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
         let db = PgDatabase::create().await.expect("PostgreSQL");
-        let mut cluster = Cluster { nats, db, nodes: vec![] };
+        let mut cluster = Cluster {
+            nats,
+            db,
+            nodes: vec![],
+        };
         for i in 0..nodes {
             let spec = NodeSpec::cluster(&cluster.nats.url(), &cluster.db.url, &format!("n{i}"));
-            cluster.nodes.push(ArbatProcess::start(spec).await.expect("cluster node starts"));
+            cluster.nodes.push(
+                ArbatProcess::start(spec)
+                    .await
+                    .expect("cluster node starts"),
+            );
         }
         cluster.settled().await;
         cluster
@@ -32,23 +43,29 @@ impl Cluster {
 
     /// Waits until the live nodes own disjoint partition sets that cover every partition.
     async fn settled(&self) {
-        eventually("partitions are spread over the nodes", Duration::from_secs(30), || async {
-            let mut all = vec![];
-            for node in &self.nodes {
-                let owned = node.partitions().await;
-                if owned.is_empty() {
-                    return None;
+        eventually(
+            "partitions are spread over the nodes",
+            Duration::from_secs(30),
+            || async {
+                let mut all = vec![];
+                for node in &self.nodes {
+                    let owned = node.partitions().await;
+                    if owned.is_empty() {
+                        return None;
+                    }
+                    all.extend(owned);
                 }
-                all.extend(owned);
-            }
-            all.sort();
-            (all == (0..PARTITIONS).collect::<Vec<_>>()).then_some(())
-        })
+                all.sort();
+                (all == (0..PARTITIONS).collect::<Vec<_>>()).then_some(())
+            },
+        )
         .await;
     }
 
     async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(self.nats.url()).await.expect("nats client");
+        let client = async_nats::connect(self.nats.url())
+            .await
+            .expect("nats client");
         jetstream::new(client)
     }
 
@@ -65,8 +82,14 @@ impl Cluster {
 async fn publish(js: &jetstream::Context, change: &Value) {
     let subject = format!("abs.evt.{}", change["customer_id"].as_str().unwrap());
     let id = change["id"].as_str().unwrap_or("no-id").to_owned();
-    let publish = Publish::build().message_id(id).payload(Bytes::from(change.to_string()));
-    js.send_publish(subject, publish).await.unwrap().await.unwrap();
+    let publish = Publish::build()
+        .message_id(id)
+        .payload(Bytes::from(change.to_string()));
+    js.send_publish(subject, publish)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -75,7 +98,12 @@ async fn socket_on_the_node_that_does_not_own_the_customer() {
     let owner = &cluster.nodes[0];
     let other = &cluster.nodes[1];
     let n = cluster.customer_owned_by(0).await;
-    assert!(!other.partitions().await.contains(&kernel::partition_of(&customer(n), PARTITIONS)));
+    assert!(
+        !other
+            .partitions()
+            .await
+            .contains(&kernel::partition_of(&customer(n), PARTITIONS))
+    );
 
     let token = other.client().login(n).await.unwrap();
     let mut socket = Socket::connect(&other.ws_url(), &token).await.unwrap();
@@ -90,23 +118,48 @@ async fn socket_on_the_node_that_does_not_own_the_customer() {
     assert_eq!(events[0].1["balance"]["amount"], "777.00");
 
     // A posting through the ABS admin endpoint of the non-owner lands too.
-    other.client().abs_post("p-1", &account(n), "-7.00").await.unwrap();
+    other
+        .client()
+        .abs_post("p-1", &account(n), "-7.00")
+        .await
+        .unwrap();
     let events = socket.events(2, WAIT).await.unwrap();
-    assert_eq!(events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
 
     // Reads on the non-owner are answered by the owner's actor (over the bus).
-    let (status, products) = other.client().get("/v1/products", Some(&token)).await.unwrap();
+    let (status, products) = other
+        .client()
+        .get("/v1/products", Some(&token))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let expected = format!("{}.00", 150_000 + n - 7);
-    assert_eq!(products["accounts"][0]["balance"]["amount"], expected.as_str());
-    let (status, _) = owner.client().get("/v1/products", Some(&token)).await.unwrap();
+    assert_eq!(
+        products["accounts"][0]["balance"]["amount"],
+        expected.as_str()
+    );
+    let (status, _) = owner
+        .client()
+        .get("/v1/products", Some(&token))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "a token from one node is good on every node");
 
     // Another customer's token on either node cannot see this one.
-    let stranger = owner.client().login(if n == 1 { 2 } else { 1 }).await.unwrap();
+    let stranger = owner
+        .client()
+        .login(if n == 1 { 2 } else { 1 })
+        .await
+        .unwrap();
     let (status, _) = other
         .client()
-        .get(&format!("/v1/accounts/{}/transactions", account(n)), Some(&stranger))
+        .get(
+            &format!("/v1/accounts/{}/transactions", account(n)),
+            Some(&stranger),
+        )
         .await
         .unwrap();
     assert_eq!(status, 404);
@@ -126,13 +179,20 @@ async fn duplicates_are_applied_once_and_malformed_changes_are_dead_lettered() {
     let publish_again = Publish::build()
         .message_id("other-msg-id")
         .payload(Bytes::from(again.to_string()));
-    js.send_publish(format!("abs.evt.{}", customer(11)), publish_again).await.unwrap().await.unwrap();
-    // Poison: not JSON, an unknown kind, another customer's account. None may stall the stream.
-    js.send_publish(format!("abs.evt.{}", customer(11)), Publish::build().payload(Bytes::from_static(b"{oops")))
+    js.send_publish(format!("abs.evt.{}", customer(11)), publish_again)
         .await
         .unwrap()
         .await
         .unwrap();
+    // Poison: not JSON, an unknown kind, another customer's account. None may stall the stream.
+    js.send_publish(
+        format!("abs.evt.{}", customer(11)),
+        Publish::build().payload(Bytes::from_static(b"{oops")),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let mut unknown = balance_change("d-2", 11, "2.00");
     unknown["kind"] = json!("teleport");
     publish(&js, &unknown).await;
@@ -170,10 +230,18 @@ async fn duplicates_are_applied_once_and_malformed_changes_are_dead_lettered() {
     for seq in 1..=3 {
         let message = dlq.get_raw_message(seq).await.unwrap();
         let headers = message.headers;
-        reasons.push(headers.get("Arbat-Reason").map(|v| v.to_string()).unwrap_or_default());
+        reasons.push(
+            headers
+                .get("Arbat-Reason")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
     }
     reasons.sort();
-    assert_eq!(reasons, vec!["malformed_change", "unknown_change_kind", "unknown_product"]);
+    assert_eq!(
+        reasons,
+        vec!["malformed_change", "unknown_change_kind", "unknown_product"]
+    );
 }
 
 #[tokio::test]
@@ -183,7 +251,9 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let js = cluster.jetstream().await;
     let survivor_client = cluster.nodes[1].client();
     let token = survivor_client.login(n).await.unwrap();
-    let mut socket = Socket::connect(&cluster.nodes[1].ws_url(), &token).await.unwrap();
+    let mut socket = Socket::connect(&cluster.nodes[1].ws_url(), &token)
+        .await
+        .unwrap();
     socket.subscribe(Some(0)).await.unwrap();
     assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 0 });
 
@@ -191,10 +261,21 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let total = 60;
     let mut seen = vec![];
     for i in 1..=total {
-        publish(&js, &balance_change(&format!("k-{i}"), n, &format!("{i}.00"))).await;
+        publish(
+            &js,
+            &balance_change(&format!("k-{i}"), n, &format!("{i}.00")),
+        )
+        .await;
         if i == 20 {
             // Let some arrive, then kill the owner without warning.
-            seen.extend(socket.events(5, WAIT).await.unwrap().into_iter().map(|(s, _)| s));
+            seen.extend(
+                socket
+                    .events(5, WAIT)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(s, _)| s),
+            );
             cluster.nodes[0].kill9();
         }
     }
@@ -207,17 +288,36 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
             Ok(Frame::Live { .. }) => {}
             Ok(Frame::Closed { .. }) | Err(_) => {
                 let last = seen.last().copied();
-                socket = Socket::connect(&cluster.nodes[1].ws_url(), &token).await.unwrap();
+                socket = Socket::connect(&cluster.nodes[1].ws_url(), &token)
+                    .await
+                    .unwrap();
                 socket.subscribe(last).await.unwrap();
             }
         }
     }
-    assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>(), "no gap and no duplicate");
+    assert_eq!(
+        seen,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "no gap and no duplicate"
+    );
     let feed = survivor_client.whole_feed(&token).await.unwrap();
-    let ids: Vec<String> = feed.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids, (1..=total).map(|i| format!("k-{i}")).collect::<Vec<_>>(), "every change exactly once, in order");
-    let (_, products) = survivor_client.get("/v1/products", Some(&token)).await.unwrap();
-    assert_eq!(products["accounts"][0]["balance"]["amount"], format!("{total}.00").as_str());
+    let ids: Vec<String> = feed
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=total).map(|i| format!("k-{i}")).collect::<Vec<_>>(),
+        "every change exactly once, in order"
+    );
+    let (_, products) = survivor_client
+        .get("/v1/products", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        products["accounts"][0]["balance"]["amount"],
+        format!("{total}.00").as_str()
+    );
 
     // The killed node comes back and the partitions spread again.
     cluster.nodes[0].restart().await.unwrap();

@@ -9,7 +9,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn node() -> (ArbatProcess, tempdir::TempDir) {
     let dir = tempdir::TempDir::new();
-    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0)).await.expect("node starts");
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
     (node, dir)
 }
 
@@ -59,26 +61,52 @@ async fn live_events_then_exact_resume() {
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(Some(2)).await.unwrap();
     let missed = socket.events(4, WAIT).await.unwrap();
-    assert_eq!(missed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    assert_eq!(
+        missed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6]
+    );
     assert_eq!(missed[3].1["balance"]["amount"], "150150.00");
     assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 6 });
     client.abs_post("p4", &account(1), "-0.50").await.unwrap();
     let live = socket.events(2, WAIT).await.unwrap();
-    assert_eq!(live.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![7, 8]);
-    assert!(socket.is_quiet(Duration::from_millis(300)).await, "no duplicate after live");
+    assert_eq!(
+        live.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        vec![7, 8]
+    );
+    assert!(
+        socket.is_quiet(Duration::from_millis(300)).await,
+        "no duplicate after live"
+    );
 
     // Reads come from the actor's memory and agree with the feed.
     let (status, products) = client.get("/v1/products", Some(&token)).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(products["accounts"][0]["balance"]["amount"], "150149.50");
-    assert!(products["cards"][0]["pan_masked"].as_str().unwrap().contains("******"));
-    let (status, page) = client.get(&format!("/v1/accounts/{}/transactions?limit=2", account(1)), Some(&token)).await.unwrap();
+    assert!(
+        products["cards"][0]["pan_masked"]
+            .as_str()
+            .unwrap()
+            .contains("******")
+    );
+    let (status, page) = client
+        .get(
+            &format!("/v1/accounts/{}/transactions?limit=2", account(1)),
+            Some(&token),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["amount"]["amount"], "-0.50");
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let (_, older) = client
-        .get(&format!("/v1/accounts/{}/transactions?limit=10&cursor={cursor}", account(1)), Some(&token))
+        .get(
+            &format!(
+                "/v1/accounts/{}/transactions?limit=10&cursor={cursor}",
+                account(1)
+            ),
+            Some(&token),
+        )
         .await
         .unwrap();
     assert_eq!(older["items"].as_array().unwrap().len(), 2);
@@ -88,24 +116,41 @@ async fn live_events_then_exact_resume() {
     let (_, feed) = client.get("/v1/feed?limit=3", Some(&token)).await.unwrap();
     assert_eq!(feed["items"][0]["seq"], 8);
     assert_eq!(feed["unread"], 8);
-    let (status, read) = client.post("/v1/feed/read", Some(&token), json!({"up_to_seq": 5})).await.unwrap();
+    let (status, read) = client
+        .post("/v1/feed/read", Some(&token), json!({"up_to_seq": 5}))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(read["unread"], 3);
     let all = client.whole_feed(&token).await.unwrap();
-    assert_eq!(all.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
 async fn subprotocol_auth_and_no_token_in_url() {
     let (node, _dir) = node().await;
     let token = node.client().login(2).await.unwrap();
-    let (mut socket, chosen) = Socket::connect_subprotocol(&node.ws_url(), &token).await.unwrap();
+    let (mut socket, chosen) = Socket::connect_subprotocol(&node.ws_url(), &token)
+        .await
+        .unwrap();
     assert_eq!(chosen.as_deref(), Some("arbat.v1"));
     socket.subscribe(None).await.unwrap();
-    assert!(matches!(socket.next(WAIT).await.unwrap(), Frame::Live { .. }));
+    assert!(matches!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Live { .. }
+    ));
     // A token in the query string is not a credential.
     let url = format!("{}?access_token={token}", node.ws_url());
-    assert!(tokio_tungstenite::connect_async(url.as_str()).await.is_err());
+    assert!(
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -114,10 +159,19 @@ async fn a_customer_never_reaches_another_customers_data() {
     let client = node.client();
     let alice = client.login(3).await.unwrap();
     let bob = client.login(4).await.unwrap();
-    client.abs_post("bob-1", &account(4), "-10.00").await.unwrap();
+    client
+        .abs_post("bob-1", &account(4), "-10.00")
+        .await
+        .unwrap();
 
     // Bob's account through Alice's token: not found (never "forbidden": no existence leak).
-    let (status, body) = client.get(&format!("/v1/accounts/{}/transactions", account(4)), Some(&alice)).await.unwrap();
+    let (status, body) = client
+        .get(
+            &format!("/v1/accounts/{}/transactions", account(4)),
+            Some(&alice),
+        )
+        .await
+        .unwrap();
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (_, feed) = client.get("/v1/feed", Some(&alice)).await.unwrap();
     assert!(feed["items"].as_array().unwrap().is_empty());
@@ -128,7 +182,10 @@ async fn a_customer_never_reaches_another_customers_data() {
     let mut socket = Socket::connect(&node.ws_url(), &alice).await.unwrap();
     socket.subscribe(Some(0)).await.unwrap();
     assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 0 });
-    client.abs_post("bob-2", &account(4), "-10.00").await.unwrap();
+    client
+        .abs_post("bob-2", &account(4), "-10.00")
+        .await
+        .unwrap();
     assert!(socket.is_quiet(Duration::from_millis(500)).await);
     let (_, bob_feed) = client.get("/v1/feed", Some(&bob)).await.unwrap();
     assert_eq!(bob_feed["items"].as_array().unwrap().len(), 4);
@@ -136,14 +193,27 @@ async fn a_customer_never_reaches_another_customers_data() {
     // Forged, missing and wrong-kind credentials.
     let mut forged = alice.clone();
     forged.replace_range(forged.len() - 4.., "AAAA");
-    for token in [Some(forged.as_str()), None, Some("nonsense"), Some(BACKOFFICE_KEY)] {
+    for token in [
+        Some(forged.as_str()),
+        None,
+        Some("nonsense"),
+        Some(BACKOFFICE_KEY),
+    ] {
         let (status, body) = client.get("/v1/products", token).await.unwrap();
-        assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{token:?}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{token:?}"
+        );
     }
     assert!(Socket::connect(&node.ws_url(), &forged).await.is_err());
     // A customer token never opens back-office endpoints.
     let (status, _) = client
-        .post("/cache-control/v1/events", Some(&alice), json!({"events": [balance_change("x", 3, "1.00")]}))
+        .post(
+            "/cache-control/v1/events",
+            Some(&alice),
+            json!({"events": [balance_change("x", 3, "1.00")]}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 401);
@@ -156,16 +226,30 @@ async fn cache_control_applies_once_and_refuses_bad_input_whole() {
     let token = client.login(5).await.unwrap();
     let post = |events: serde_json::Value| {
         let client = client.clone();
-        async move { client.post("/cache-control/v1/events", Some(BACKOFFICE_KEY), json!({"events": events})).await.unwrap() }
+        async move {
+            client
+                .post(
+                    "/cache-control/v1/events",
+                    Some(BACKOFFICE_KEY),
+                    json!({"events": events}),
+                )
+                .await
+                .unwrap()
+        }
     };
 
-    let (status, _) = post(json!([balance_change("chg-1", 5, "10.00"), balance_change("chg-1", 5, "10.00")])).await;
+    let (status, _) = post(json!([
+        balance_change("chg-1", 5, "10.00"),
+        balance_change("chg-1", 5, "10.00")
+    ]))
+    .await;
     assert_eq!(status, 202);
     let (status, _) = post(json!([balance_change("chg-1", 5, "10.00")])).await;
     assert_eq!(status, 202, "a repeat is accepted and dropped");
 
     // One malformed change refuses the whole batch, with the index and a stable code.
-    let (status, problem) = post(json!([balance_change("chg-2", 5, "20.00"), {"id": "bad", "kind": "teleport"}])).await;
+    let (status, problem) =
+        post(json!([balance_change("chg-2", 5, "20.00"), {"id": "bad", "kind": "teleport"}])).await;
     assert_eq!(status, 422);
     assert_eq!(problem["code"], "invalid_change");
     assert_eq!(problem["errors"][0]["index"], 1);
@@ -180,28 +264,51 @@ async fn cache_control_applies_once_and_refuses_bad_input_whole() {
 
     let feed = client.whole_feed(&token).await.unwrap();
     let ids: Vec<&str> = feed.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["chg-1", "chg-4"], "applied once each; nothing of the refused batch");
+    assert_eq!(
+        ids,
+        vec!["chg-1", "chg-4"],
+        "applied once each; nothing of the refused batch"
+    );
     let (_, products) = client.get("/v1/products", Some(&token)).await.unwrap();
     assert_eq!(products["accounts"][0]["balance"]["amount"], "40.00");
 
     // Bad requests get problem+json and change nothing.
-    for (body, code) in [(json!({}), 400), (json!({"events": []}), 400), (json!({"events": "x"}), 400)] {
-        let (status, problem) = client.post("/cache-control/v1/events", Some(BACKOFFICE_KEY), body).await.unwrap();
+    for (body, code) in [
+        (json!({}), 400),
+        (json!({"events": []}), 400),
+        (json!({"events": "x"}), 400),
+    ] {
+        let (status, problem) = client
+            .post("/cache-control/v1/events", Some(BACKOFFICE_KEY), body)
+            .await
+            .unwrap();
         assert_eq!(status, code);
         assert!(problem["code"].is_string());
     }
-    let (status, _) = client.post("/cache-control/v1/events", Some("wrong-key-wrong-key"), json!({"events": []})).await.unwrap();
+    let (status, _) = client
+        .post(
+            "/cache-control/v1/events",
+            Some("wrong-key-wrong-key"),
+            json!({"events": []}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 401);
 }
 
 #[tokio::test]
 async fn acknowledged_changes_survive_kill_9() {
     let dir = tempdir::TempDir::new();
-    let mut node = ArbatProcess::start(NodeSpec::embedded(&dir.0)).await.unwrap();
+    let mut node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .unwrap();
     let client = node.client();
     let token = client.login(7).await.unwrap();
     for i in 0..20 {
-        client.abs_post(&format!("k{i}"), &account(7), "-1.00").await.unwrap();
+        client
+            .abs_post(&format!("k{i}"), &account(7), "-1.00")
+            .await
+            .unwrap();
     }
     node.kill9();
     node.restart().await.unwrap();
@@ -209,12 +316,23 @@ async fn acknowledged_changes_survive_kill_9() {
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(Some(0)).await.unwrap();
     let events = socket.events(40, WAIT).await.unwrap();
-    assert_eq!(events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+    assert_eq!(
+        events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<_>>()
+    );
     assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 40 });
-    let (_, products) = node.client().get("/v1/products", Some(&token)).await.unwrap();
+    let (_, products) = node
+        .client()
+        .get("/v1/products", Some(&token))
+        .await
+        .unwrap();
     assert_eq!(products["accounts"][0]["balance"]["amount"], "149987.00");
     // A posting retried after the crash moves no money twice.
-    let again = node.client().abs_post("k19", &account(7), "-1.00").await.unwrap();
+    let again = node
+        .client()
+        .abs_post("k19", &account(7), "-1.00")
+        .await
+        .unwrap();
     assert_eq!(again["duplicate"], true);
     assert!(socket.is_quiet(Duration::from_millis(300)).await);
 }
@@ -227,9 +345,19 @@ async fn expired_tokens_close_the_socket_with_4001() {
     let token = node.client().login(8).await.unwrap();
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(None).await.unwrap();
-    assert!(matches!(socket.next(WAIT).await.unwrap(), Frame::Live { .. }));
-    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Closed { code: Some(4001) });
-    let (status, _) = node.client().get("/v1/products", Some(&token)).await.unwrap();
+    assert!(matches!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Live { .. }
+    ));
+    assert_eq!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Closed { code: Some(4001) }
+    );
+    let (status, _) = node
+        .client()
+        .get("/v1/products", Some(&token))
+        .await
+        .unwrap();
     assert_eq!(status, 401);
 }
 
@@ -249,8 +377,19 @@ async fn passivated_actors_come_back_with_their_state() {
     tests::eventually("the actor passivates", WAIT, || {
         let client = client.clone();
         async move {
-            let metrics = client.http.get(format!("{}/metrics", client.base)).send().await.ok()?.text().await.ok()?;
-            metrics.lines().any(|l| l.starts_with("arbat_actor_passivations_total") && !l.ends_with(" 0")).then_some(())
+            let metrics = client
+                .http
+                .get(format!("{}/metrics", client.base))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .lines()
+                .any(|l| l.starts_with("arbat_actor_passivations_total") && !l.ends_with(" 0"))
+                .then_some(())
         }
     })
     .await;
@@ -283,8 +422,14 @@ async fn sigterm_drains_and_exits_cleanly() {
     let token = node.client().login(10).await.unwrap();
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(None).await.unwrap();
-    assert!(matches!(socket.next(WAIT).await.unwrap(), Frame::Live { .. }));
+    assert!(matches!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Live { .. }
+    ));
     let code = node.terminate();
     assert_eq!(code, Some(0));
-    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Closed { code: Some(1001) });
+    assert_eq!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Closed { code: Some(1001) }
+    );
 }

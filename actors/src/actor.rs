@@ -93,10 +93,7 @@ impl CustomerActor {
     }
 
     /// Decides a batch without I/O: per change, the drafts or the rejection.
-    fn decide_batch(
-        &self,
-        changes: &[Change],
-    ) -> Vec<Decision> {
+    fn decide_batch(&self, changes: &[Change]) -> Vec<Decision> {
         let mut seen = std::collections::HashSet::new();
         changes
             .iter()
@@ -206,6 +203,10 @@ impl CustomerActor {
         let expected_version = self.state.version;
         let snapshot = self.snapshot_if_due();
         let customer_id = self.state.customer_id.clone();
+        let contact = Contact {
+            phone: self.state.phone.clone(),
+            language: self.state.language.clone(),
+        };
         let store = self.deps.store.clone();
         let work = async move {
             let mut skip: Vec<String> = vec![];
@@ -214,6 +215,7 @@ impl CustomerActor {
             for attempt in 0..2 {
                 let (commit, mut report) = build_commit(
                     &customer_id,
+                    &contact,
                     expected_version,
                     &decisions,
                     &skip,
@@ -290,9 +292,16 @@ impl CustomerActor {
     }
 }
 
+/// How the bank reaches the customer, for notifications.
+struct Contact {
+    phone: String,
+    language: String,
+}
+
 /// Numbers the surviving drafts from `expected_version + 1` and builds the atomic commit.
 fn build_commit(
     customer_id: &kernel::CustomerId,
+    contact: &Contact,
     expected_version: u64,
     decisions: &[Decision],
     skip: &[String],
@@ -300,6 +309,7 @@ fn build_commit(
 ) -> (Commit, ApplyReport) {
     let mut report = ApplyReport::default();
     let mut events = vec![];
+    let mut notices = vec![];
     let mut change_ids = vec![];
     for (change_id, decision) in decisions {
         if skip.contains(change_id) {
@@ -311,6 +321,9 @@ fn build_commit(
             Ok(drafts) => {
                 for draft in drafts {
                     let seq = expected_version + events.len() as u64 + 1;
+                    if let Some(notice) = &draft.notify {
+                        notices.push((seq, notice.clone()));
+                    }
                     events.push(draft.clone().into_event(seq));
                 }
                 report.applied.push(change_id.clone());
@@ -323,13 +336,29 @@ fn build_commit(
         }
     }
     let subject = subjects::push(customer_id);
-    let outbox = events
+    let mut outbox: Vec<OutboxMessage> = events
         .iter()
         .map(|event| OutboxMessage {
             subject: subject.clone(),
             payload: event.to_json(),
         })
         .collect();
+    outbox.extend(notices.into_iter().filter_map(|(seq, notice)| {
+        let kind = notifier::Kind::parse(notice.kind)?;
+        // Stable across redeliveries: the commit fixes the seq, so the id is the same.
+        let id = format!("{customer_id}-{seq}");
+        let mut request = notifier::NotificationRequest::new(
+            id,
+            customer_id.clone(),
+            kind,
+            serde_json::Value::Object(notice.params),
+        );
+        // The bank's contact data, so that a customer without saved preferences is still
+        // reachable (SMS fallback) in their language.
+        request.phone = Some(contact.phone.clone());
+        request.language = notifier::Language::parse(&contact.language);
+        Some(request.outbox_message())
+    }));
     let commit = Commit {
         customer_id: customer_id.clone(),
         expected_version,

@@ -29,6 +29,7 @@ const ROUTE_ATTEMPTS: u32 = 8;
 
 /// A handle to this node's customer actors, cheap to clone.
 #[derive(Clone)]
+#[allow(clippy::too_many_arguments)]
 pub struct Node {
     inner: Arc<Inner>,
 }
@@ -40,9 +41,10 @@ struct Inner {
 }
 
 impl Node {
-    /// Starts the node's actor side: the outbox relay and, when `serve_remote`, the answering
-    /// of requests for the partitions it owns (`owned` follows the leases in a cluster; it
-    /// holds every partition when embedded).
+    /// Starts the node's actor side: the outbox relay (live events to the bus, notification
+    /// requests to `notify`) and, when `serve_remote`, the answering of requests for the
+    /// partitions it owns (`owned` follows the leases in a cluster; it holds every partition
+    /// when embedded).
     pub fn start(
         config: ActorConfig,
         store: Arc<dyn Store>,
@@ -50,9 +52,10 @@ impl Node {
         runtime: &ActorRuntime,
         owned: watch::Receiver<BTreeSet<u32>>,
         serve_remote: bool,
+        notify: Option<Arc<dyn notifier::WorkQueue>>,
         shutdown: watch::Receiver<bool>,
     ) -> Node {
-        let relay = Relay::start(store.clone(), bus.clone(), shutdown.clone());
+        let relay = Relay::start(store.clone(), bus.clone(), notify, shutdown.clone());
         let deps = Arc::new(Deps {
             store,
             bus,

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use kernel::bus::Bus;
 use kernel::metrics;
 use kernel::store::{OutboxMessage, Store};
+use notifier::WorkQueue;
 use tokio::sync::{mpsc, watch};
 
 const FAST_PATH_CAPACITY: usize = 4096;
@@ -27,10 +28,12 @@ impl Relay {
     pub(crate) fn start(
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+        notify: Option<Arc<dyn WorkQueue>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(FAST_PATH_CAPACITY);
-        tokio::spawn(run(store, bus, rx, shutdown));
+        let targets = Targets { bus, notify };
+        tokio::spawn(run(store, targets, rx, shutdown));
         Self { tx }
     }
 
@@ -46,9 +49,16 @@ impl Relay {
     }
 }
 
+/// Where outbox rows go: notification requests to the notifier's durable queue, the rest
+/// (live events) to the bus.
+struct Targets {
+    bus: Arc<dyn Bus>,
+    notify: Option<Arc<dyn WorkQueue>>,
+}
+
 async fn run(
     store: Arc<dyn Store>,
-    bus: Arc<dyn Bus>,
+    targets: Targets,
     mut rx: mpsc::Receiver<(Vec<i64>, Vec<OutboxMessage>)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -69,7 +79,7 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                publish_and_delete(&*store, &*bus, ids, messages).await;
+                publish_and_delete(&*store, &targets, ids, messages).await;
             }
             _ = sweep.tick() => {
                 match store.outbox_pending(BATCH as u32).await {
@@ -81,7 +91,7 @@ async fn run(
                             .into_iter()
                             .map(|r| OutboxMessage { subject: r.subject, payload: r.payload })
                             .collect();
-                        publish_and_delete(&*store, &*bus, ids, messages).await;
+                        publish_and_delete(&*store, &targets, ids, messages).await;
                     }
                     Err(error) => tracing::warn!(%error, "outbox sweep failed"),
                 }
@@ -93,22 +103,34 @@ async fn run(
 
 async fn publish_and_delete(
     store: &dyn Store,
-    bus: &dyn Bus,
+    targets: &Targets,
     ids: Vec<i64>,
     messages: Vec<OutboxMessage>,
 ) {
     for message in messages {
-        if let Err(error) = bus
-            .publish(&message.subject, Bytes::from(message.payload))
-            .await
-        {
+        let sent = if notifier::is_request_subject(&message.subject) {
+            match &targets.notify {
+                Some(queue) => queue
+                    .enqueue_outbox(&message.subject, &message.payload)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        } else {
+            targets
+                .bus
+                .publish(&message.subject, Bytes::from(message.payload))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(error) = sent {
             // Leave the rows: the sweep retries them.
-            tracing::warn!(%error, "outbox publish failed");
+            tracing::warn!(%error, "outbox relay failed");
             return;
         }
         metrics::OUTBOX_PUBLISHED.inc();
     }
     if let Err(error) = store.outbox_delete(&ids).await {
-        tracing::warn!(%error, "outbox delete failed; rows will be published again");
+        tracing::warn!(%error, "outbox delete failed; rows will be relayed again");
     }
 }

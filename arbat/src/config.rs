@@ -68,6 +68,9 @@ pub struct RawSettings {
     /// WebSocket ping interval [default: 30000].
     #[arg(long, env = "ARBAT_WS_PING_INTERVAL_MS")]
     pub ws_ping_interval_ms: Option<String>,
+    /// Live events queued per WebSocket before a slow client is shed [default: 256].
+    #[arg(long, env = "ARBAT_WS_LIVE_BUFFER")]
+    pub ws_live_buffer: Option<String>,
     /// Time to finish work in flight after SIGTERM/SIGINT [default: 10000].
     #[arg(long, env = "ARBAT_GRACE_PERIOD_MS")]
     pub grace_period_ms: Option<String>,
@@ -93,6 +96,7 @@ impl RawSettings {
             max_connections: self.max_connections.or(other.max_connections),
             access_token_ttl_s: self.access_token_ttl_s.or(other.access_token_ttl_s),
             ws_ping_interval_ms: self.ws_ping_interval_ms.or(other.ws_ping_interval_ms),
+            ws_live_buffer: self.ws_live_buffer.or(other.ws_live_buffer),
             grace_period_ms: self.grace_period_ms.or(other.grace_period_ms),
             actor_threads: self.actor_threads.or(other.actor_threads),
         }
@@ -125,6 +129,8 @@ pub struct Config {
     pub actor_threads: usize,
     pub actors: actors::ActorConfig,
     pub gateway: channels::GatewayConfig,
+    /// Notification providers, from the environment names of API.md.
+    pub notifier: notifier::NotifierConfig,
 }
 
 fn number<T>(
@@ -174,10 +180,29 @@ impl Config {
             }
             None => RawSettings::default(),
         };
-        Self::from_raw(cli.or(from_file))
+        let config = Self::from_raw_and_env(cli.or(from_file))?;
+        // A cluster node refuses to start without an SMS gateway (codes must go out).
+        config
+            .notifier
+            .providers(config.mode == Mode::Embedded)
+            .map_err(notifier_error)?;
+        Ok(config)
     }
 
     pub fn from_raw(raw: RawSettings) -> Result<Config, ConfigError> {
+        Self::from_raw_with(raw, notifier::NotifierConfig::default())
+    }
+
+    /// Like [`Config::from_raw`], with the notification providers read from the environment.
+    pub fn from_raw_and_env(raw: RawSettings) -> Result<Config, ConfigError> {
+        let notifier = notifier::NotifierConfig::from_env().map_err(notifier_error)?;
+        Self::from_raw_with(raw, notifier)
+    }
+
+    fn from_raw_with(
+        raw: RawSettings,
+        notifier: notifier::NotifierConfig,
+    ) -> Result<Config, ConfigError> {
         let listen_raw = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
         let listen: SocketAddr = listen_raw.parse().map_err(|_| {
             invalid(
@@ -272,6 +297,13 @@ impl Config {
                 100,
                 600_000,
             )?),
+            ws_live_buffer: number(
+                "ws-live-buffer",
+                raw.ws_live_buffer.as_deref(),
+                256,
+                1,
+                65_536,
+            )?,
             ..channels::GatewayConfig::default()
         };
         Ok(Config {
@@ -298,7 +330,20 @@ impl Config {
             actor_threads: number("actor-threads", raw.actor_threads.as_deref(), cores, 1, 256)?,
             actors,
             gateway,
+            notifier,
         })
+    }
+}
+
+fn notifier_error(error: notifier::ConfigError) -> ConfigError {
+    let setting = match &error {
+        notifier::ConfigError::Missing { var, .. } | notifier::ConfigError::Invalid { var, .. } => {
+            *var
+        }
+    };
+    ConfigError {
+        setting,
+        reason: error.to_string(),
     }
 }
 

@@ -27,6 +27,8 @@ enum Command {
         #[command(flatten)]
         settings: RawSettings,
     },
+    /// Benchmarks against a self-hosted or running node (see `arbat bench live --help`).
+    Bench(bench::BenchArgs),
     /// The reference ABS's back-office tools.
     Abs {
         #[command(subcommand)]
@@ -84,6 +86,13 @@ fn main() -> ExitCode {
             };
             runtime.block_on(serve(config))
         }
+        Command::Bench(args) => match runtime.block_on(bench::run(args)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("arbat bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Abs {
             command: AbsCommand::Post(args),
         } => match runtime.block_on(arbat::abs_cli::post(args)) {

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, Mode};
+use crate::notify::NodeNotifier;
 
 /// Runs a node on `listener` until `shutdown` turns true, then drains within the grace
 /// period. Tests call this with a listener on port 0.
@@ -35,6 +36,7 @@ pub async fn run(
     let partitions = config.actors.partitions;
     let mut lease_manager = None;
     let mut jetstream = None;
+    let mut nats_client = None;
     let (bus, owned): (Arc<dyn Bus>, watch::Receiver<BTreeSet<u32>>) = match &config.mode {
         Mode::Embedded => {
             let (_tx, rx) = watch::channel((0..partitions).collect());
@@ -71,10 +73,12 @@ pub async fn run(
             .context("starting partition leases")?;
             lease_manager = Some(manager);
             jetstream = Some(js);
+            nats_client = Some(nats.client().clone());
             (Arc::new(nats), owned)
         }
     };
 
+    let notify = NodeNotifier::prepare(&config, &config.notifier, nats_client).await?;
     let runtime = ActorRuntime::start(config.actor_threads).context("starting actor threads")?;
     let node = Node::start(
         config.actors.clone(),
@@ -83,6 +87,7 @@ pub async fn run(
         &runtime,
         owned,
         jetstream.is_some(),
+        Some(notify.queue.clone()),
         shutdown.clone(),
     );
     let sink: Arc<dyn ChangeSink> = match &jetstream {
@@ -96,6 +101,8 @@ pub async fn run(
             Arc::new(actors::ingest::JetStreamSink::new(js.clone()))
         }
     };
+
+    let notifier = notify.start(sink.clone());
 
     // The reference ABS answers on the bus from every node (a queue group).
     let abs = abs::Abs::new(store.clone(), sink.clone());
@@ -131,6 +138,7 @@ pub async fn run(
         dummy_hash: DummyHash::generate(),
         config: gateway_config,
         hub: Hub::new(bus.clone()),
+        notifier: Some(notifier.notifier.clone()),
         sockets: Default::default(),
         shutdown: shutdown.clone(),
     });
@@ -155,6 +163,7 @@ pub async fn run(
     {
         tracing::warn!("grace period over; closing what is left");
     }
+    notifier.stop().await;
     if let Some(manager) = lease_manager {
         manager.stop().await;
     }

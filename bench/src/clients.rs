@@ -7,9 +7,9 @@
 //! the *intended* send time.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -17,10 +17,10 @@ use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::Latency;
 
@@ -38,7 +38,9 @@ pub struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
-        Self { epoch: Instant::now() }
+        Self {
+            epoch: Instant::now(),
+        }
     }
 }
 
@@ -96,7 +98,9 @@ impl Sink {
         Arc::new(Self {
             clock,
             phases: (0..MAX_PHASES).map(|_| PhaseStats::default()).collect(),
-            shards: (0..SHARDS).map(|_| Mutex::new(vec![Latency::new(); MAX_PHASES])).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(vec![Latency::new(); MAX_PHASES]))
+                .collect(),
             frames: AtomicU64::new(0),
             live: AtomicU64::new(0),
             closed: AtomicU64::new(0),
@@ -126,7 +130,10 @@ impl Sink {
     }
 
     pub fn close_reasons(&self) -> Vec<String> {
-        self.close_reasons.lock().map(|r| r.clone()).unwrap_or_default()
+        self.close_reasons
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     fn note_close(&self, reason: String) {
@@ -140,17 +147,30 @@ impl Sink {
 
     /// Accounts for one text frame.
     pub fn on_text(&self, text: &str, shard: usize) {
-        if text.starts_with("{\"type\":\"live\"") {
-            self.live.fetch_add(1, Ordering::AcqRel);
-            return;
-        }
         if !text.starts_with("{\"type\":\"event\"") {
+            // Rare frames: parse properly (key order is the server's business).
+            let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            match value["type"].as_str() {
+                Some("live") => {
+                    self.live.fetch_add(1, Ordering::AcqRel);
+                }
+                Some("event") => self.on_event(text, shard),
+                _ => {}
+            }
             return;
         }
+        self.on_event(text, shard);
+    }
+
+    fn on_event(&self, text: &str, shard: usize) {
         let now = self.clock.now_ns();
         self.frames.fetch_add(1, Ordering::Relaxed);
-        let Some((phase, intended)) = parse_frame(text) else { return };
-        let Some(stats) = self.phases.get(phase) else { return };
+        let Some((phase, intended)) = parse_frame(text) else {
+            return;
+        };
+        let Some(stats) = self.phases.get(phase) else {
+            return;
+        };
         stats.delivered.fetch_add(1, Ordering::Relaxed);
         let start = stats.window_start.load(Ordering::Acquire);
         let end = stats.window_end.load(Ordering::Acquire);
@@ -183,34 +203,53 @@ impl Endpoint {
             .with_context(|| format!("resolving {authority}"))?
             .next()
             .with_context(|| format!("{authority} has no address"))?;
-        Ok(Self { addr, url: format!("ws://{authority}/v1/ws") })
+        Ok(Self {
+            addr,
+            url: format!("ws://{authority}/v1/ws"),
+        })
     }
 
     pub fn for_relay(addr: SocketAddr) -> Self {
-        Self { addr, url: format!("ws://{addr}/v1/ws") }
+        Self {
+            addr,
+            url: format!("ws://{addr}/v1/ws"),
+        }
     }
 }
 
 fn client_config() -> WebSocketConfig {
     // Small buffers: the bench process may hold 100k sockets.
-    WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0)
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
 }
 
 /// Opens one authenticated WebSocket, from `source` when given (to spread client ports
 /// over 127.0.0.x beyond the ~28k ephemeral ports of one source address).
-pub async fn connect(endpoint: &Endpoint, token: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
-    let socket = if endpoint.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn connect(
+    endpoint: &Endpoint,
+    token: &str,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
+    let socket = if endpoint.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     if let Some(source) = source {
-        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding {source}"))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("binding {source}"))?;
     }
     let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(endpoint.addr))
         .await
         .context("TCP connect timed out")??;
     stream.set_nodelay(true)?;
     let mut request = endpoint.url.as_str().into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::client_async_with_config(request, stream, Some(client_config())),
@@ -221,7 +260,12 @@ pub async fn connect(endpoint: &Endpoint, token: &str, source: Option<IpAddr>) -
 }
 
 /// Runs one subscribed client until `stop` turns true: subscribes, then accounts frames.
-pub async fn run_client(mut ws: Ws, sink: Arc<Sink>, shard: usize, mut stop: watch::Receiver<bool>) {
+pub async fn run_client(
+    mut ws: Ws,
+    sink: Arc<Sink>,
+    shard: usize,
+    mut stop: watch::Receiver<bool>,
+) {
     if ws
         .send(Message::text(r#"{"type":"subscribe","resume_from":null}"#))
         .await
@@ -231,12 +275,26 @@ pub async fn run_client(mut ws: Ws, sink: Arc<Sink>, shard: usize, mut stop: wat
         return;
     }
     loop {
-        tokio::select! {
-            message = ws.next() => match message {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            changed = stop.changed() => {
+                let stopping = changed.is_err() || *stop.borrow_and_update();
+                if stopping {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    return;
+                }
+                continue;
+            }
+        };
+        {
+            match message {
                 Some(Ok(Message::Text(text))) => sink.on_text(text.as_str(), shard),
                 Some(Ok(Message::Close(frame))) => {
                     if !*stop.borrow() {
-                        sink.note_close(frame.map_or_else(|| "close without code".to_owned(), |f| format!("close {} {}", u16::from(f.code), f.reason)));
+                        sink.note_close(frame.map_or_else(
+                            || "close without code".to_owned(),
+                            |f| format!("close {} {}", u16::from(f.code), f.reason),
+                        ));
                     }
                     return;
                 }
@@ -253,10 +311,6 @@ pub async fn run_client(mut ws: Ws, sink: Arc<Sink>, shard: usize, mut stop: wat
                     }
                     return;
                 }
-            },
-            _ = stop.wait_for(|s| *s) => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                return;
             }
         }
     }
@@ -273,8 +327,15 @@ pub struct Customer {
 }
 
 /// Logs in every login, a few at a time, and finds each customer's id and first account.
-pub async fn login_all(base_url: &str, logins: &[String], password: &str, concurrency: usize) -> anyhow::Result<Vec<Customer>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+pub async fn login_all(
+    base_url: &str,
+    logins: &[String],
+    password: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Customer>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
     let base = base_url.trim_end_matches('/').to_owned();
     let results: Vec<anyhow::Result<Customer>> = futures::stream::iter(logins.iter().enumerate())
         .map(|(i, login)| {
@@ -288,7 +349,13 @@ pub async fn login_all(base_url: &str, logins: &[String], password: &str, concur
     results.into_iter().collect()
 }
 
-async fn login_one(http: &reqwest::Client, base: &str, login: &str, password: &str, i: usize) -> anyhow::Result<Customer> {
+async fn login_one(
+    http: &reqwest::Client,
+    base: &str,
+    login: &str,
+    password: &str,
+    i: usize,
+) -> anyhow::Result<Customer> {
     let response = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"login": login, "password": password, "device_id": format!("arbat-bench-{i}")}))
@@ -298,24 +365,52 @@ async fn login_one(http: &reqwest::Client, base: &str, login: &str, password: &s
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if status.as_u16() == 202 {
-        bail!("login {login} asks for a second factor ({body}); the bench needs logins that do not");
+        bail!(
+            "login {login} asks for a second factor ({body}); the bench needs logins that do not"
+        );
     }
     if !status.is_success() {
         bail!("login {login}: {status} {body}");
     }
-    let token = body["access_token"].as_str().with_context(|| format!("login {login}: no access_token in {body}"))?.to_owned();
-    let me: serde_json::Value = http.get(format!("{base}/v1/me")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
-    let customer_id = me["customer_id"].as_str().with_context(|| format!("/v1/me of {login}: {me}"))?.to_owned();
-    let products: serde_json::Value =
-        http.get(format!("{base}/v1/products")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
+    let token = body["access_token"]
+        .as_str()
+        .with_context(|| format!("login {login}: no access_token in {body}"))?
+        .to_owned();
+    let me: serde_json::Value = http
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let customer_id = me["customer_id"]
+        .as_str()
+        .with_context(|| format!("/v1/me of {login}: {me}"))?
+        .to_owned();
+    let products: serde_json::Value = http
+        .get(format!("{base}/v1/products"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     let account = products["accounts"]
         .as_array()
-        .and_then(|accounts| accounts.iter().find(|a| a["balance"]["currency"].is_string()))
+        .and_then(|accounts| {
+            accounts
+                .iter()
+                .find(|a| a["balance"]["currency"].is_string())
+        })
         .with_context(|| format!("{customer_id} has no account with a balance: {products}"))?;
     Ok(Customer {
         customer_id,
         account_id: account["id"].as_str().unwrap_or_default().to_owned(),
-        currency: account["balance"]["currency"].as_str().unwrap_or("RUB").to_owned(),
+        currency: account["balance"]["currency"]
+            .as_str()
+            .unwrap_or("RUB")
+            .to_owned(),
         token,
     })
 }
@@ -338,9 +433,14 @@ mod tests {
     #[test]
     fn frames_carry_phase_and_intended_time() {
         let id = change_id("k3", 2, 123_456_789, 7);
-        let frame = format!(r#"{{"type":"event","seq":4,"event":{{"seq":4,"id":"{id}","kind":"balance_changed"}}}}"#);
+        let frame = format!(
+            r#"{{"type":"event","seq":4,"event":{{"seq":4,"id":"{id}","kind":"balance_changed"}}}}"#
+        );
         assert_eq!(parse_frame(&frame), Some((2, 123_456_789)));
-        assert_eq!(parse_frame(r#"{"type":"event","seq":1,"event":{"id":"other"}}"#), None);
+        assert_eq!(
+            parse_frame(r#"{"type":"event","seq":1,"event":{"id":"other"}}"#),
+            None
+        );
     }
 
     #[test]
@@ -348,11 +448,18 @@ mod tests {
         let sink = Sink::new(Clock::default());
         sink.set_window(1, 0, u64::MAX);
         sink.on_text(r#"{"type":"live","head":0}"#, 0);
+        sink.on_text(r#"{"head":0,"type":"live"}"#, 0);
         let id = change_id("r", 1, 0, 0);
-        sink.on_text(&format!(r#"{{"type":"event","seq":1,"event":{{"id":"{id}"}}}}"#), 3);
+        sink.on_text(
+            &format!(r#"{{"type":"event","seq":1,"event":{{"id":"{id}"}}}}"#),
+            3,
+        );
         let late = change_id("r", 2, 0, 1);
-        sink.on_text(&format!(r#"{{"type":"event","seq":2,"event":{{"id":"{late}"}}}}"#), 3);
-        assert_eq!(sink.live.load(Ordering::Acquire), 1);
+        sink.on_text(
+            &format!(r#"{{"type":"event","seq":2,"event":{{"id":"{late}"}}}}"#),
+            3,
+        );
+        assert_eq!(sink.live.load(Ordering::Acquire), 2);
         assert_eq!(sink.frames.load(Ordering::Acquire), 2);
         assert_eq!(sink.delivered(1), 1);
         assert_eq!(sink.latency(1).len(), 1);
@@ -364,9 +471,18 @@ mod tests {
     #[test]
     fn sources_spread_over_loopback() {
         let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(source_for(&target, 0, 100), Some(IpAddr::from([127, 0, 0, 2])));
-        assert_eq!(source_for(&target, 250, 100), Some(IpAddr::from([127, 0, 0, 4])));
-        assert_eq!(source_for(&target, 254 * 100, 100), Some(IpAddr::from([127, 0, 1, 0])));
+        assert_eq!(
+            source_for(&target, 0, 100),
+            Some(IpAddr::from([127, 0, 0, 2]))
+        );
+        assert_eq!(
+            source_for(&target, 250, 100),
+            Some(IpAddr::from([127, 0, 0, 4]))
+        );
+        assert_eq!(
+            source_for(&target, 254 * 100, 100),
+            Some(IpAddr::from([127, 0, 1, 0]))
+        );
         let remote: SocketAddr = "192.0.2.1:80".parse().unwrap();
         assert_eq!(source_for(&remote, 0, 100), None);
     }

@@ -14,7 +14,10 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self(path))
@@ -40,7 +43,8 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
-        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = command
             .stdin(Stdio::null())
@@ -48,7 +52,11 @@ impl ChildProcess {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name} ({command:?})"))?;
-        Ok(Self { child, name: name.to_owned(), log })
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+            log,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -58,7 +66,11 @@ impl ChildProcess {
     /// Fails when the process has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited with {status}; its log ends with:\n{}", self.name, self.log_tail(40));
+            bail!(
+                "{} exited with {status}; its log ends with:\n{}",
+                self.name,
+                self.log_tail(40)
+            );
         }
         Ok(())
     }
@@ -84,7 +96,9 @@ impl ChildProcess {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -105,7 +119,8 @@ impl Drop for ChildProcess {
 }
 
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     parse_vm_rss(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
@@ -119,7 +134,10 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11).context("no utime")?.parse()?;
     let stime: u64 = fields.get(12).context("no stime")?.parse()?;
@@ -142,10 +160,18 @@ pub struct SelfHosted {
 pub const BACKOFFICE_KEY: &str = "arbat-bench-backoffice-key";
 
 impl SelfHosted {
-    pub async fn start(arbat_bin: &Path, partitions: u32, ready_within: Duration) -> anyhow::Result<Self> {
+    pub async fn start(
+        arbat_bin: &Path,
+        partitions: u32,
+        ready_within: Duration,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("arbat-bench")?;
-        let nats = tokio::task::spawn_blocking(NatsServer::start).await?.context("starting nats-server (set ARBAT_NATS_SERVER to a 2.10+ binary)")?;
-        let pg = PgDatabase::create().await.context("creating a PostgreSQL database (ARBAT_TEST_PG)")?;
+        let nats = tokio::task::spawn_blocking(NatsServer::start)
+            .await?
+            .context("starting nats-server (set ARBAT_NATS_SERVER to a 2.10+ binary)")?;
+        let pg = PgDatabase::create()
+            .await
+            .context("creating a PostgreSQL database (ARBAT_TEST_PG)")?;
         let port = testkit::free_port();
         let url = format!("http://127.0.0.1:{port}");
         let mut command = Command::new(arbat_bin);
@@ -155,20 +181,40 @@ impl SelfHosted {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--nats", &nats.url(), "--database-url", &pg.url])
-            .args(["--backoffice-key", BACKOFFICE_KEY, "--node-id", "bench-node", "--demo"])
+            .args([
+                "--backoffice-key",
+                BACKOFFICE_KEY,
+                "--node-id",
+                "bench-node",
+                "--demo",
+            ])
             .args(["--partitions", &partitions.to_string()])
-            .args(["--max-connections", "10000000", "--access-token-ttl-s", "86400"])
+            .args([
+                "--max-connections",
+                "10000000",
+                "--access-token-ttl-s",
+                "86400",
+            ])
             // A clustered node wants an SMS gateway; nothing here registers, so a dead one does.
             .env("ARBAT_SMS_URL", "http://127.0.0.1:9/sms");
         let node = ChildProcess::spawn("arbat serve", command, dir.path().join("node.log"))?;
-        let mut hosted = Self { node, url, nats, pg, partitions, dir };
+        let mut hosted = Self {
+            node,
+            url,
+            nats,
+            pg,
+            partitions,
+            dir,
+        };
         hosted.wait_ready(ready_within).await?;
         Ok(hosted)
     }
 
     /// Waits for `/readyz` 200 with every partition owned.
     async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()?;
         let deadline = Instant::now() + limit;
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -176,14 +222,21 @@ impl SelfHosted {
             if let Ok(response) = http.get(format!("{}/readyz", self.url)).send().await {
                 let ok = response.status().is_success();
                 let body: serde_json::Value = response.json().await.unwrap_or_default();
-                if ok && body["partitions_owned"].as_u64() == Some(u64::from(self.partitions)) {
+                // `partitions_owned` (a count) or `partitions` (the list), by server version.
+                let owned = body["partitions_owned"]
+                    .as_u64()
+                    .or_else(|| body["partitions"].as_array().map(|a| a.len() as u64));
+                if ok && owned.is_none_or(|owned| owned >= u64::from(self.partitions)) {
                     return Ok(());
                 }
                 last = body.to_string();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the node was not ready within {limit:?} (last /readyz: {last}); log:\n{}", self.node.log_tail(40))
+        bail!(
+            "the node was not ready within {limit:?} (last /readyz: {last}); log:\n{}",
+            self.node.log_tail(40)
+        )
     }
 }
 
@@ -203,7 +256,9 @@ impl RelayProcess {
         let (nats, nats_url) = match nats_url {
             Some(url) => (None, url),
             None => {
-                let server = tokio::task::spawn_blocking(NatsServer::start).await?.context("starting the relay's nats-server")?;
+                let server = tokio::task::spawn_blocking(NatsServer::start)
+                    .await?
+                    .context("starting the relay's nats-server")?;
                 let url = server.url();
                 (Some(server), url)
             }
@@ -211,12 +266,23 @@ impl RelayProcess {
         let port = testkit::free_port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let mut command = Command::new(arbat_bin);
-        command.args(["bench", "relay", "--nats-url", &nats_url, "--listen", &addr.to_string()]);
-        let mut process = ChildProcess::spawn("arbat bench relay", command, dir.path().join("relay.log"))?;
+        command.args([
+            "bench",
+            "relay",
+            "--nats-url",
+            &nats_url,
+            "--listen",
+            &addr.to_string(),
+        ]);
+        let mut process =
+            ChildProcess::spawn("arbat bench relay", command, dir.path().join("relay.log"))?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             process.check_running()?;
-            if std::fs::read_to_string(&process.log).unwrap_or_default().contains("relay listening on") {
+            if std::fs::read_to_string(&process.log)
+                .unwrap_or_default()
+                .contains("relay listening on")
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -224,7 +290,13 @@ impl RelayProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Self { process, addr, nats_url, nats, dir })
+        Ok(Self {
+            process,
+            addr,
+            nats_url,
+            nats,
+            dir,
+        })
     }
 }
 
@@ -248,7 +320,10 @@ mod tests {
 
     #[test]
     fn reads_rss_and_cpu_of_this_process() {
-        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\nVmSwap: 0 kB\n"), Some(12345));
+        assert_eq!(
+            parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\nVmSwap: 0 kB\n"),
+            Some(12345)
+        );
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         assert!(cpu_ticks(std::process::id()).is_ok());
     }

@@ -1,1 +1,726 @@
-//! placeholder
+//! `arbat bench`: benchmarks of a running Arbat node, each beside a baseline measured in the
+//! same run (DESIGN.md "Performance budget").
+//!
+//! # Guided tour
+//!
+//! - this file: the command line ([`BenchArgs`], [`LiveArgs`]) and [`run`], which runs
+//!   `arbat bench live`: idle density first (on fresh processes), then the live path.
+//! - [`cluster`]: self-hosting. nats-server and a PostgreSQL database from testkit, the real
+//!   `arbat serve` binary in cluster mode with `--demo`, and the baseline relay process;
+//!   all killed on drop, temp folders removed.
+//! - [`clients`]: log in, open authenticated WebSockets (spread over 127.0.0.x source
+//!   addresses past the ephemeral port range), subscribe, and account every frame in a
+//!   shared [`clients::Sink`] (per-phase counts and latency).
+//! - [`publisher`]: Cache Control changes to `abs.evt.<customer>`; open loop at a set rate
+//!   (latency from the intended send time: no coordinated omission) or closed loop with a
+//!   bounded number of changes in flight (the max rate).
+//! - [`relay`]: the baseline, a bare NATS→WebSocket relay with no actor and no store, run as
+//!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
+//! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
+//!
+//! # What is measured
+//!
+//! For each target (arbat, then the relay) the same clients connect N sockets over K
+//! customers. Phase `max`: closed loop, the delivered events/s is the ceiling. Phase `rate`:
+//! open loop at half of arbat's max (the same absolute load for both targets), p50/p99/p99.9
+//! publish→frame latency. Warm-up is excluded by the intended send time carried in each
+//! change id. Every phase is drained and checked: frames delivered vs frames expected.
+//! Idle density: M idle authenticated subscribed sockets; server VmRSS before and after.
+
+pub mod clients;
+pub mod cluster;
+pub mod publisher;
+pub mod relay;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clients::{Clock, Customer, Endpoint, Sink};
+use crate::cluster::{RelayProcess, SelfHosted};
+use crate::publisher::{Mode, PhasePlan, Publisher, Via};
+pub use crate::report::Report;
+use crate::report::{IdleResult, Scenario};
+
+/// `arbat bench …`
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// The live path (ABS change → actor → journal → WebSocket frame) against a bare
+    /// NATS→WebSocket relay, and server memory per idle socket.
+    Live(LiveArgs),
+    /// The baseline relay alone (started by `bench live`; useful by hand).
+    #[command(hide = true)]
+    Relay(relay::RelayArgs),
+}
+
+/// How the baseline's changes reach its NATS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselinePublish {
+    /// Same publisher as the live path: JetStream, acknowledged once stored (file storage);
+    /// the relay reads the subject with core NATS. Compares what the platform adds.
+    Jetstream,
+    /// Core NATS, nothing stored: the bare ceiling of NATS + WebSocket on this machine.
+    Core,
+}
+
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct LiveArgs {
+    /// The `arbat` binary to self-host [default: this executable].
+    #[arg(long)]
+    pub arbat_bin: Option<PathBuf>,
+    /// A running node (http://host:port) instead of self-hosting; needs --nats-url.
+    #[arg(long, requires = "nats_url")]
+    pub url: Option<String>,
+    /// The cluster's NATS, where changes are published to `abs.evt.<customer>` (JetStream).
+    #[arg(long, requires = "url")]
+    pub nats_url: Option<String>,
+    /// Logins are `<prefix><n, 7 digits>`.
+    #[arg(long, default_value = "+7999")]
+    pub login_prefix: String,
+    /// First customer number n.
+    #[arg(long, default_value_t = 1)]
+    pub first_customer: u32,
+    /// Customers to log in as (K); sockets are spread over them round robin.
+    #[arg(long, default_value_t = 100)]
+    pub customers: u32,
+    #[arg(long, default_value = "arbat-demo", hide_default_value = true)]
+    pub password: String,
+    /// Live WebSockets (N), spread over the customers; 0 skips the live phases.
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+    /// Warm-up of each phase, seconds (excluded from every figure).
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Measurement window of each phase, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Changes in flight (published, not yet delivered to every socket) in the max phase.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: u64,
+    /// Changes/s of the latency phase [default: half of arbat's measured max].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Idle sockets for the density measurement (M); 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_sockets: usize,
+    /// Seconds the idle sockets are held while server CPU is measured.
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_hold: f64,
+    /// Client sockets per 127.0.0.x source address (ephemeral ports: ~28k per address).
+    #[arg(long, default_value_t = 20_000)]
+    pub per_source: usize,
+    /// Concurrent connection attempts.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Partitions of the self-hosted node.
+    #[arg(long, default_value_t = 64)]
+    pub partitions: u32,
+    /// How the baseline is fed.
+    #[arg(long, value_enum, default_value_t = BaselinePublish::Jetstream)]
+    pub baseline_publish: BaselinePublish,
+    /// NATS for the baseline relay [default: a nats-server of its own]. Never the
+    /// deployment's: the relay's changes would reach its customers.
+    #[arg(long)]
+    pub relay_nats_url: Option<String>,
+    /// Skip the baseline (no ratios).
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Folder for bench-live.md and bench-live.json.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+impl LiveArgs {
+    /// The command line that reproduces this run, every setting explicit.
+    pub fn command_line(&self) -> String {
+        let mut c = String::new();
+        if let Some(server) = std::env::var_os("ARBAT_NATS_SERVER") {
+            c.push_str(&format!("ARBAT_NATS_SERVER={} ", server.to_string_lossy()));
+        }
+        c.push_str("arbat bench live");
+        if let Some(url) = &self.url {
+            c.push_str(&format!(
+                " --url {url} --nats-url {}",
+                self.nats_url.as_deref().unwrap_or_default()
+            ));
+        }
+        c.push_str(&format!(
+            " --login-prefix '{}' --first-customer {} --customers {} --sockets {} --warmup {} --duration {} --in-flight {}",
+            self.login_prefix, self.first_customer, self.customers, self.sockets, self.warmup, self.duration, self.in_flight
+        ));
+        if let Some(rate) = self.rate {
+            c.push_str(&format!(" --rate {rate}"));
+        }
+        c.push_str(&format!(
+            " --idle-sockets {} --idle-hold {} --per-source {} --connect-concurrency {} --partitions {} --baseline-publish {}",
+            self.idle_sockets,
+            self.idle_hold,
+            self.per_source,
+            self.connect_concurrency,
+            self.partitions,
+            match self.baseline_publish {
+                BaselinePublish::Jetstream => "jetstream",
+                BaselinePublish::Core => "core",
+            }
+        ));
+        if let Some(url) = &self.relay_nats_url {
+            c.push_str(&format!(" --relay-nats-url {url}"));
+        }
+        if self.no_baseline {
+            c.push_str(" --no-baseline");
+        }
+        c.push_str(&format!(" --out {}", self.out.display()));
+        c
+    }
+}
+
+/// Runs a bench command; `bench live` returns its report (also written to `--out`).
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    match args.command {
+        BenchCommand::Live(live) => run_live(live).await,
+        BenchCommand::Relay(relay) => {
+            relay::serve(relay).await?;
+            Ok(Report::default())
+        }
+    }
+}
+
+/// Sockets opened in this run so far: each gets a fresh (source address, port) slot.
+static SOCKET_SLOTS: AtomicUsize = AtomicUsize::new(0);
+
+struct Opened {
+    handles: Vec<JoinHandle<()>>,
+    /// Sockets open per token.
+    per_token: Vec<u64>,
+    failures: usize,
+    first_error: Option<String>,
+    took: Duration,
+}
+
+/// Opens `count` sockets, the i-th with `tokens[i % len]`, each running a client.
+async fn open_sockets(
+    endpoint: &Endpoint,
+    tokens: &[String],
+    count: usize,
+    sink: &Arc<Sink>,
+    stop: &watch::Receiver<bool>,
+    args: &LiveArgs,
+) -> Opened {
+    let started = Instant::now();
+    let mut opened = Opened {
+        handles: Vec::with_capacity(count),
+        per_token: vec![0; tokens.len()],
+        failures: 0,
+        first_error: None,
+        took: Duration::ZERO,
+    };
+    let mut attempts = futures::stream::iter(0..count)
+        .map(|i| {
+            let slot = SOCKET_SLOTS.fetch_add(1, Ordering::Relaxed);
+            let source = clients::source_for(&endpoint.addr, slot, args.per_source);
+            let token = &tokens[i % tokens.len()];
+            async move { (i, clients::connect(endpoint, token, source).await) }
+        })
+        .buffer_unordered(args.connect_concurrency.max(1));
+    while let Some((i, result)) = attempts.next().await {
+        match result {
+            Ok(ws) => {
+                opened.per_token[i % tokens.len()] += 1;
+                opened.handles.push(tokio::spawn(clients::run_client(
+                    ws,
+                    sink.clone(),
+                    i,
+                    stop.clone(),
+                )));
+            }
+            Err(error) => {
+                opened.failures += 1;
+                opened
+                    .first_error
+                    .get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    opened.took = started.elapsed();
+    opened
+}
+
+/// Waits until `want` sockets got their `live` frame (bounded).
+async fn wait_live(sink: &Sink, want: u64, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while sink.live.load(Ordering::Acquire) < want {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {want} sockets were live within {limit:?} (closes: {:?})",
+                sink.live.load(Ordering::Acquire),
+                sink.close_reasons()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn close_all(stop: watch::Sender<bool>, handles: Vec<JoinHandle<()>>) {
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(handles)).await;
+}
+
+/// Idle density against one server process.
+async fn idle_density(
+    target: &str,
+    endpoint: &Endpoint,
+    tokens: &[String],
+    pid: u32,
+    clock: Clock,
+    args: &LiveArgs,
+) -> anyhow::Result<IdleResult> {
+    tracing::info!(target, sockets = args.idle_sockets, "idle density");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = cluster::rss_kib(pid)?;
+    let sink = Sink::new(clock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opened = open_sockets(endpoint, tokens, args.idle_sockets, &sink, &stop_rx, args).await;
+    let open = opened.handles.len();
+    let live = wait_live(&sink, open as u64, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = cluster::rss_kib(pid)?;
+    let hold = Duration::from_secs_f64(args.idle_hold.max(0.0));
+    let cpu_before = cluster::cpu_ticks(pid)?;
+    let held = Instant::now();
+    tokio::time::sleep(hold).await;
+    let cpu_after = cluster::cpu_ticks(pid)?;
+    let held_s = held.elapsed().as_secs_f64();
+    let still_open = open.saturating_sub(sink.closed.load(Ordering::Acquire) as usize);
+    close_all(stop_tx, opened.handles).await;
+    let mut result = IdleResult {
+        target: target.to_owned(),
+        sockets_requested: args.idle_sockets,
+        sockets_open: still_open,
+        connect_failures: opened.failures,
+        connect_s: opened.took.as_secs_f64(),
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        kib_per_socket: if still_open > 0 {
+            rss_after.saturating_sub(rss_before) as f64 / still_open as f64
+        } else {
+            0.0
+        },
+        idle_cpu_percent: if held_s > 0.0 {
+            (cpu_after.saturating_sub(cpu_before)) as f64 / cluster::TICKS_PER_S / held_s * 100.0
+        } else {
+            0.0
+        },
+        idle_hold_s: held_s,
+        first_error: opened.first_error,
+    };
+    if let Err(error) = live {
+        result.first_error.get_or_insert(format!("{error:#}"));
+    }
+    // Let the server settle after the mass close before anything else is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(result)
+}
+
+/// The live phases (max, then rate) against one target; returns its scenarios.
+#[allow(clippy::too_many_arguments)]
+async fn live_target(
+    target: &str,
+    endpoint: &Endpoint,
+    customers: &[Customer],
+    tokens: &[String],
+    via: Via,
+    run_tag: &str,
+    first_phase: usize,
+    rate: Option<f64>,
+    clock: Clock,
+    args: &LiveArgs,
+) -> anyhow::Result<Vec<Scenario>> {
+    tracing::info!(target, sockets = args.sockets, "live path");
+    let sink = Sink::new(clock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opened = open_sockets(endpoint, tokens, args.sockets, &sink, &stop_rx, args).await;
+    if opened.handles.is_empty() {
+        bail!(
+            "{target}: no socket opened: {}",
+            opened.first_error.unwrap_or_default()
+        );
+    }
+    let open = opened.handles.len();
+    wait_live(&sink, open as u64, Duration::from_secs(60)).await?;
+    // Publish only for customers with sockets; fanout = their sockets.
+    let (customers, fanout): (Vec<Customer>, Vec<u64>) = customers
+        .iter()
+        .cloned()
+        .zip(opened.per_token.iter().copied())
+        .filter(|(_, n)| *n > 0)
+        .unzip();
+    let avg_fanout = open as f64 / customers.len() as f64;
+    let publisher = Publisher {
+        via,
+        customers,
+        fanout,
+        run: run_tag.to_owned(),
+        sink: sink.clone(),
+    };
+    let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
+    let measure = Duration::from_secs_f64(args.duration.max(0.1));
+    let mut scenarios = Vec::new();
+
+    let mut phase = first_phase;
+    let plans = [
+        Mode::Max {
+            in_flight: args.in_flight.max(1),
+        },
+        Mode::Rate(0.0),
+    ];
+    for mode in plans {
+        let mode = match mode {
+            Mode::Rate(_) => {
+                let max_changes = scenarios
+                    .first()
+                    .map_or(0.0, |s: &Scenario| s.events_per_s / avg_fanout);
+                let rate = rate.or(args.rate).unwrap_or(max_changes / 2.0);
+                if rate < 1.0 {
+                    break;
+                }
+                Mode::Rate(rate)
+            }
+            max => max,
+        };
+        let closed_before = sink.closed.load(Ordering::Acquire);
+        let plan = PhasePlan {
+            phase,
+            mode,
+            warmup,
+            measure,
+        };
+        tracing::info!(target, ?mode, "phase");
+        let out = publisher.run_phase(&plan).await;
+        let delivered = publisher
+            .drain(
+                phase,
+                out.expected_frames,
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            )
+            .await;
+        let mut scenario = Scenario {
+            target: target.to_owned(),
+            mode: match mode {
+                Mode::Max { .. } => "max".into(),
+                Mode::Rate(_) => "rate".into(),
+            },
+            target_changes_per_s: match mode {
+                Mode::Rate(rate) => Some(rate),
+                Mode::Max { .. } => None,
+            },
+            sockets: open,
+            customers: publisher.customers.len(),
+            window_s: out.window_s,
+            changes_per_s: out.published_in_window as f64 / measure.as_secs_f64(),
+            events_per_s: if out.window_s > 0.0 {
+                out.frames_in_window as f64 / out.window_s
+            } else {
+                0.0
+            },
+            latency: sink.latency(phase).summary(),
+            ratio_to_baseline: None,
+            published: out.published,
+            publish_errors: out.errors,
+            expected_frames: out.expected_frames,
+            delivered_frames: delivered,
+            sockets_closed: sink.closed.load(Ordering::Acquire) - closed_before,
+            notes: Vec::new(),
+        };
+        if let Some(reason) = out.stopped_early {
+            scenario.notes.push(format!("stopped early: {reason}"));
+        }
+        if let Some(error) = out.first_error {
+            scenario
+                .notes
+                .push(format!("{} publish error(s), first: {error}", out.errors));
+        }
+        if scenario.lost_frames() > 0 {
+            scenario.notes.push(format!(
+                "{} of {} expected frames never arrived",
+                scenario.lost_frames(),
+                scenario.expected_frames
+            ));
+        }
+        if scenario.sockets_closed > 0 {
+            scenario.notes.push(format!(
+                "{} socket(s) closed by the server: {:?}",
+                scenario.sockets_closed,
+                sink.close_reasons()
+            ));
+        }
+        if matches!(mode, Mode::Max { .. }) {
+            scenario.notes.push(format!(
+                "closed loop, {} changes in flight; latency includes that queue",
+                args.in_flight
+            ));
+        }
+        tracing::info!(
+            target,
+            events_per_s = scenario.events_per_s,
+            p99_ms = scenario.latency.p99_ms,
+            lost = scenario.lost_frames(),
+            "phase done"
+        );
+        scenarios.push(scenario);
+        phase += 1;
+    }
+    close_all(stop_tx, opened.handles).await;
+    Ok(scenarios)
+}
+
+async fn relay_via(relay: &RelayProcess, how: BaselinePublish) -> anyhow::Result<Via> {
+    let client = async_nats::connect(&relay.nats_url)
+        .await
+        .context("connecting to the relay's NATS")?;
+    Ok(match how {
+        BaselinePublish::Core => Via::Core(client),
+        BaselinePublish::Jetstream => {
+            let js = async_nats::jetstream::new(client);
+            // The node's ABS_EVENTS settings: file storage, deduplication by Nats-Msg-Id.
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "BENCH_RELAY".into(),
+                subjects: vec!["abs.evt.*".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                duplicate_window: Duration::from_secs(3600),
+                max_age: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await
+            .context("creating the baseline's stream")?;
+            Via::JetStream(js)
+        }
+    })
+}
+
+async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
+    let started_at = time::OffsetDateTime::now_utc();
+    let clock = Clock::default();
+    let run_tag = format!("{:x}", started_at.unix_timestamp_nanos() / 1_000_000);
+    let want_files = 2 * (args.idle_sockets.max(args.sockets) as u64) + 10_000;
+    let nofile = cluster::raise_nofile(want_files);
+    let arbat_bin = match &args.arbat_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("locating this executable (pass --arbat-bin)")?,
+    };
+    let mut report = Report {
+        command: args.command_line(),
+        started_at: started_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        mode: if args.url.is_some() {
+            "remote".into()
+        } else {
+            "self-hosted".into()
+        },
+        settings: serde_json::to_value(&args)?,
+        ..Default::default()
+    };
+    report.notes.push(format!(
+        "open-file limit of the bench (inherited by the processes it starts): {nofile}"
+    ));
+    if nofile < want_files {
+        report.notes.push(format!("wanted {want_files} open files; raise with `ulimit -n {want_files}` (as root) before the run"));
+    }
+
+    // The node: self-hosted or given.
+    let hosted = match &args.url {
+        Some(_) => None,
+        None => {
+            tracing::info!(bin = %arbat_bin.display(), "starting nats-server, PostgreSQL database and arbat serve");
+            Some(SelfHosted::start(&arbat_bin, args.partitions, Duration::from_secs(90)).await?)
+        }
+    };
+    let (url, nats_url) = match (&hosted, &args.url, &args.nats_url) {
+        (Some(h), _, _) => (h.url.clone(), h.nats.url()),
+        (None, Some(url), Some(nats)) => (url.clone(), nats.clone()),
+        _ => bail!("--url needs --nats-url"),
+    };
+    let logins: Vec<String> = (args.first_customer..args.first_customer + args.customers.max(1))
+        .map(|n| format!("{}{n:07}", args.login_prefix))
+        .collect();
+    let customers = clients::login_all(&url, &logins, &args.password, 4).await?;
+    let node_tokens: Vec<String> = customers.iter().map(|c| c.token.clone()).collect();
+    let relay_tokens: Vec<String> = customers.iter().map(|c| c.customer_id.clone()).collect();
+    let node_endpoint = Endpoint::for_node(&url).await?;
+    let node_pid = hosted.as_ref().map(|h| h.node.pid());
+    let relay = if args.no_baseline {
+        None
+    } else {
+        Some(RelayProcess::start(&arbat_bin, args.relay_nats_url.clone()).await?)
+    };
+
+    // Idle density first, on fresh processes (memory freed by live phases would hide growth).
+    if args.idle_sockets > 0 {
+        match node_pid {
+            Some(pid) => report.idle.push(
+                idle_density("arbat", &node_endpoint, &node_tokens, pid, clock, &args).await?,
+            ),
+            None => report.notes.push(
+                "idle density: the node runs elsewhere, its memory cannot be read; skipped".into(),
+            ),
+        }
+        if let Some(relay) = &relay {
+            let endpoint = Endpoint::for_relay(relay.addr);
+            report.idle.push(
+                idle_density(
+                    "relay",
+                    &endpoint,
+                    &relay_tokens,
+                    relay.process.pid(),
+                    clock,
+                    &args,
+                )
+                .await?,
+            );
+        }
+    }
+
+    // The live path, then the baseline at the same absolute rate.
+    if args.sockets > 0 {
+        let nats = async_nats::connect(&nats_url)
+            .await
+            .with_context(|| format!("connecting to {nats_url}"))?;
+        let via = Via::JetStream(async_nats::jetstream::new(nats));
+        let arbat = live_target(
+            "arbat",
+            &node_endpoint,
+            &customers,
+            &node_tokens,
+            via,
+            &run_tag,
+            0,
+            None,
+            clock,
+            &args,
+        )
+        .await?;
+        let rate = arbat.iter().find_map(|s| s.target_changes_per_s);
+        report.scenarios.extend(arbat);
+        if let Some(relay) = &relay {
+            let via = relay_via(relay, args.baseline_publish).await?;
+            let endpoint = Endpoint::for_relay(relay.addr);
+            let baseline = live_target(
+                "relay",
+                &endpoint,
+                &customers,
+                &relay_tokens,
+                via,
+                &run_tag,
+                4,
+                rate,
+                clock,
+                &args,
+            )
+            .await?;
+            report.scenarios.extend(baseline);
+        }
+        report.compute_ratios();
+    }
+    if let Some(mut hosted) = hosted {
+        hosted.node.check_running()?;
+        let warnings = std::fs::read_to_string(&hosted.node.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count();
+        if warnings > 0 {
+            report.notes.push(format!(
+                "the node logged {warnings} WARN/ERROR line(s); last lines:\n\n```\n{}\n```",
+                hosted.node.log_tail(15)
+            ));
+        }
+        hosted.node.stop(Duration::from_secs(10));
+    }
+    report.notes.push(format!(
+        "baseline fed by {}; the relay is a separate process with its own nats-server unless --relay-nats-url",
+        match args.baseline_publish {
+            BaselinePublish::Jetstream => "JetStream publish (same publisher and file storage as the live path)",
+            BaselinePublish::Core => "core NATS publish (nothing stored)",
+        }
+    ));
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(args.out.join("bench-live.md"), report.markdown())?;
+    std::fs::write(args.out.join("bench-live.json"), report.json())?;
+    println!("{}", report.table());
+    println!(
+        "report: {} and {}",
+        args.out.join("bench-live.md").display(),
+        args.out.join("bench-live.json").display()
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: BenchCommand,
+    }
+
+    #[test]
+    fn command_line_round_trips() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "live",
+            "--sockets",
+            "7",
+            "--rate",
+            "50",
+            "--no-baseline",
+        ])
+        .unwrap();
+        let BenchCommand::Live(args) = cli.command else {
+            panic!("not live")
+        };
+        assert_eq!(args.sockets, 7);
+        let line = args.command_line();
+        let words: Vec<String> = line
+            .split_whitespace()
+            .skip_while(|w| *w != "arbat")
+            .skip(1)
+            .map(|w| w.trim_matches('\'').to_owned())
+            .collect();
+        let again = Cli::try_parse_from(std::iter::once("bench".to_owned()).chain(words)).unwrap();
+        let BenchCommand::Live(again) = again.command else {
+            panic!("not live")
+        };
+        assert_eq!(again.rate, Some(50.0));
+        assert!(again.no_baseline);
+        assert_eq!(again.command_line(), line);
+        assert!(
+            Cli::try_parse_from(["bench", "live", "--url", "http://x:1"]).is_err(),
+            "--url needs --nats-url"
+        );
+    }
+}

@@ -37,7 +37,10 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(start_ns: u64, rate_per_s: f64) -> Self {
-        Self { start_ns, interval_ns: 1e9 / rate_per_s.max(1e-3) }
+        Self {
+            start_ns,
+            interval_ns: 1e9 / rate_per_s.max(1e-3),
+        }
     }
 
     /// Intended send time of change `i`.
@@ -108,7 +111,9 @@ type AckFuture = futures::future::BoxFuture<'static, (u64, Result<(), String>)>;
 
 impl Publisher {
     fn body(&self, customer: &Customer, id: &str, i: u64) -> Vec<u8> {
-        let at = time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let at = time::OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
         let balance = format!("{}.{:02}", 1000 + i / 100, i % 100);
         serde_json::to_vec(&serde_json::json!({
             "id": id,
@@ -121,7 +126,13 @@ impl Publisher {
         .unwrap_or_default()
     }
 
-    async fn send(&self, phase: usize, i: u64, intended: u64, acks: &mut FuturesUnordered<AckFuture>) -> Result<u64, String> {
+    async fn send(
+        &self,
+        phase: usize,
+        i: u64,
+        intended: u64,
+        acks: &mut FuturesUnordered<AckFuture>,
+    ) -> Result<u64, String> {
         let k = (i as usize) % self.customers.len();
         let customer = &self.customers[k];
         let fanout = self.fanout[k];
@@ -136,10 +147,16 @@ impl Publisher {
                     .publish_with_headers(subject, headers, body.into())
                     .await
                     .map_err(|e| e.to_string())?;
-                acks.push(async move { (fanout, ack.await.map(|_| ()).map_err(|e| e.to_string())) }.boxed());
+                acks.push(
+                    async move { (fanout, ack.await.map(|_| ()).map_err(|e| e.to_string())) }
+                        .boxed(),
+                );
             }
             Via::Core(client) => {
-                client.publish(subject, body.into()).await.map_err(|e| e.to_string())?;
+                client
+                    .publish(subject, body.into())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         Ok(fanout)
@@ -187,20 +204,27 @@ impl Publisher {
                         break;
                     }
                     if owed > MAX_OPEN_LOOP_LAG_FRAMES {
-                        out.stopped_early = Some(format!("the server fell {owed} frames behind the schedule"));
+                        out.stopped_early =
+                            Some(format!("the server fell {owed} frames behind the schedule"));
                         break;
                     }
-                    (schedule.due(now).min(total.unwrap_or(0)).saturating_sub(i), None)
+                    (
+                        schedule.due(now).min(total.unwrap_or(0)).saturating_sub(i),
+                        None,
+                    )
                 }
                 (Mode::Max { in_flight }, _) => {
                     if now >= window_end {
                         break;
                     }
                     if now.saturating_sub(last_progress.1) > STALL.as_nanos() as u64 {
-                        out.stopped_early = Some(format!("no delivery progress for {STALL:?} with {owed} frames owed (events lost?)"));
+                        out.stopped_early = Some(format!(
+                            "no delivery progress for {STALL:?} with {owed} frames owed (events lost?)"
+                        ));
                         break;
                     }
-                    let avg_fanout = self.fanout.iter().sum::<u64>().max(1) / self.fanout.len().max(1) as u64;
+                    let avg_fanout =
+                        self.fanout.iter().sum::<u64>().max(1) / self.fanout.len().max(1) as u64;
                     let cap = in_flight * avg_fanout.max(1);
                     (cap.saturating_sub(owed) / avg_fanout.max(1), Some(now))
                 }
@@ -249,7 +273,8 @@ impl Publisher {
         if out.stopped_early.is_none() {
             tokio::time::sleep_until(clock.instant_at(window_end).into()).await;
         }
-        let (frames_start, at_start) = frames_at_window_start.unwrap_or((self.sink.frames.load(Ordering::Acquire), clock.now_ns()));
+        let (frames_start, at_start) = frames_at_window_start
+            .unwrap_or((self.sink.frames.load(Ordering::Acquire), clock.now_ns()));
         let frames_end = self.sink.frames.load(Ordering::Acquire);
         let ended = clock.now_ns();
         out.window_s = ended.saturating_sub(at_start) as f64 / 1e9;
@@ -269,7 +294,13 @@ impl Publisher {
 
     /// Waits until every expected frame of the phase arrived, or no progress for `quiet`,
     /// at most `limit`. Returns the frames delivered.
-    pub async fn drain(&self, phase: usize, expected: u64, quiet: Duration, limit: Duration) -> u64 {
+    pub async fn drain(
+        &self,
+        phase: usize,
+        expected: u64,
+        quiet: Duration,
+        limit: Duration,
+    ) -> u64 {
         let deadline = tokio::time::Instant::now() + limit;
         let mut last = (self.sink.delivered(phase), tokio::time::Instant::now());
         loop {

@@ -63,18 +63,34 @@ pub async fn serve(args: RelayArgs) -> anyhow::Result<()> {
         .await?;
     let mut subscriber = nats.subscribe(args.subject.clone()).await?;
     nats.flush().await?;
-    let relay = Arc::new(Relay { topics: DashMap::new(), next_id: AtomicU64::new(1), buffer: args.buffer.max(1) });
+    let relay = Arc::new(Relay {
+        topics: DashMap::new(),
+        next_id: AtomicU64::new(1),
+        buffer: args.buffer.max(1),
+    });
     println!("relay listening on {}", listener.local_addr()?);
 
     let fanout_relay = relay.clone();
     let fanout = tokio::spawn(async move {
         while let Some(message) = subscriber.next().await {
-            let customer = message.subject.as_str().rsplit('.').next().unwrap_or_default();
-            let Some(mut topic) = fanout_relay.topics.get_mut(customer) else { continue };
+            let customer = message
+                .subject
+                .as_str()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default();
+            let Some(mut topic) = fanout_relay.topics.get_mut(customer) else {
+                continue;
+            };
             topic.seq += 1;
             let event = String::from_utf8_lossy(&message.payload);
-            let frame = Utf8Bytes::from(format!("{{\"type\":\"event\",\"seq\":{},\"event\":{event}}}", topic.seq));
-            topic.members.retain(|(_, tx)| tx.try_send(frame.clone()).is_ok());
+            let frame = Utf8Bytes::from(format!(
+                "{{\"type\":\"event\",\"seq\":{},\"event\":{event}}}",
+                topic.seq
+            ));
+            topic
+                .members
+                .retain(|(_, tx)| tx.try_send(frame.clone()).is_ok());
         }
     });
 
@@ -102,7 +118,9 @@ pub async fn serve(args: RelayArgs) -> anyhow::Result<()> {
 async fn terminated() {
     #[cfg(unix)]
     {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -149,7 +167,10 @@ async fn socket(stream: TcpStream, relay: Arc<Relay>) {
             }
         }
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(server_config())).await else {
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(server_config()))
+            .await
+    else {
         return;
     };
     let Some(customer) = customer else { return };
@@ -163,8 +184,17 @@ async fn socket(stream: TcpStream, relay: Arc<Relay>) {
     }
     let id = relay.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(relay.buffer);
-    relay.topics.entry(customer.clone()).or_default().members.push((id, tx));
-    if ws.send(Message::text(r#"{"type":"live","head":0}"#)).await.is_ok() {
+    relay
+        .topics
+        .entry(customer.clone())
+        .or_default()
+        .members
+        .push((id, tx));
+    if ws
+        .send(Message::text(r#"{"type":"live","head":0}"#))
+        .await
+        .is_ok()
+    {
         loop {
             tokio::select! {
                 frame = rx.recv() => match frame {
@@ -188,5 +218,7 @@ async fn socket(stream: TcpStream, relay: Arc<Relay>) {
     if let Some(mut topic) = relay.topics.get_mut(&customer) {
         topic.members.retain(|(member, _)| *member != id);
     }
-    relay.topics.remove_if(&customer, |_, topic| topic.members.is_empty());
+    relay
+        .topics
+        .remove_if(&customer, |_, topic| topic.members.is_empty());
 }

@@ -21,12 +21,14 @@ impl Default for Latency {
 impl Latency {
     pub fn new() -> Self {
         Self {
-            histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("valid histogram bounds"),
         }
     }
 
     pub fn record_us(&mut self, micros: u64) {
-        self.histogram.saturating_record(micros.clamp(1, MAX_LATENCY_US));
+        self.histogram
+            .saturating_record(micros.clamp(1, MAX_LATENCY_US));
     }
 
     /// Adds every sample of `other` (histograms of client shards are merged per phase).
@@ -56,7 +58,11 @@ impl Latency {
             p50_ms: ms(0.5),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
-            max_ms: if self.histogram.is_empty() { 0.0 } else { self.histogram.max() as f64 / 1000.0 },
+            max_ms: if self.histogram.is_empty() {
+                0.0
+            } else {
+                self.histogram.max() as f64 / 1000.0
+            },
         }
     }
 }
@@ -160,7 +166,10 @@ impl Report {
             .map(|s| (s.mode.clone(), s.events_per_s))
             .collect();
         for scenario in &mut self.scenarios {
-            let base = baselines.iter().find(|(mode, _)| *mode == scenario.mode).map(|(_, e)| *e);
+            let base = baselines
+                .iter()
+                .find(|(mode, _)| *mode == scenario.mode)
+                .map(|(_, e)| *e);
             scenario.ratio_to_baseline = match (scenario.target.as_str(), base) {
                 ("relay", _) => Some(1.0),
                 (_, Some(base)) if base > 0.0 => Some(scenario.events_per_s / base),
@@ -175,7 +184,14 @@ impl Report {
         if !self.scenarios.is_empty() {
             out.push_str(&format!(
                 "{:<32} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>10}\n",
-                "scenario", "changes/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "ratio", "lost"
+                "scenario",
+                "changes/s",
+                "events/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "ratio",
+                "lost"
             ));
             for s in &self.scenarios {
                 out.push_str(&format!(
@@ -199,7 +215,12 @@ impl Report {
             for i in &self.idle {
                 out.push_str(&format!(
                     "{:<10} {:>9} {:>10} KiB {:>10} KiB {:>12.2} {:>10.2}\n",
-                    i.target, i.sockets_open, i.rss_before_kib, i.rss_after_kib, i.kib_per_socket, i.idle_cpu_percent
+                    i.target,
+                    i.sockets_open,
+                    i.rss_before_kib,
+                    i.rss_after_kib,
+                    i.kib_per_socket,
+                    i.idle_cpu_percent
                 ));
             }
         }
@@ -262,7 +283,10 @@ impl Report {
             }
             for i in &self.idle {
                 if let Some(error) = &i.first_error {
-                    md.push_str(&format!("\n- {}: {} connect failure(s), first: {}\n", i.target, i.connect_failures, error));
+                    md.push_str(&format!(
+                        "\n- {}: {} connect failure(s), first: {}\n",
+                        i.target, i.connect_failures, error
+                    ));
                 }
             }
         }
@@ -319,7 +343,11 @@ mod tests {
             settings: serde_json::json!({"sockets": 10}),
             ..Default::default()
         };
-        for (target, mode, rate, events) in [("arbat", "max", None, 500.0), ("relay", "max", None, 1000.0), ("arbat", "rate", Some(25.0), 250.0)] {
+        for (target, mode, rate, events) in [
+            ("arbat", "max", None, 500.0),
+            ("relay", "max", None, 1000.0),
+            ("arbat", "rate", Some(25.0), 250.0),
+        ] {
             report.scenarios.push(Scenario {
                 target: target.into(),
                 mode: mode.into(),
@@ -332,8 +360,19 @@ mod tests {
                 ..Default::default()
             });
         }
-        report.scenarios.push(Scenario { target: "relay".into(), mode: "rate".into(), target_changes_per_s: Some(25.0), events_per_s: 250.0, ..Default::default() });
-        report.idle.push(IdleResult { target: "arbat".into(), sockets_open: 100, kib_per_socket: 6.5, ..Default::default() });
+        report.scenarios.push(Scenario {
+            target: "relay".into(),
+            mode: "rate".into(),
+            target_changes_per_s: Some(25.0),
+            events_per_s: 250.0,
+            ..Default::default()
+        });
+        report.idle.push(IdleResult {
+            target: "arbat".into(),
+            sockets_open: 100,
+            kib_per_socket: 6.5,
+            ..Default::default()
+        });
         report.compute_ratios();
         report
     }
@@ -355,7 +394,10 @@ mod tests {
         assert!(table.contains("arbat @ 25 changes/s"), "{table}");
         assert!(table.contains("6.50"), "{table}");
         let md = report.markdown();
-        assert!(md.contains("```sh\narbat bench live --sockets 10\n```"), "{md}");
+        assert!(
+            md.contains("```sh\narbat bench live --sockets 10\n```"),
+            "{md}"
+        );
         assert!(md.contains("| arbat max | 10 | 0 | 500 |"), "{md}");
         assert!(md.contains("| 0.50 | 98 / 100 |"), "{md}");
         assert!(md.contains("## Idle density"), "{md}");

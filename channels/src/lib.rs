@@ -8,6 +8,7 @@
 //! - rest.rs: customer reads (`/v1/me`, products, transactions, feed) answered by actors.
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
+//! - notifications.rs: notification preferences and push devices (the notifier's API).
 //! - backoffice.rs: Cache Control ingest and the reference ABS's admin postings.
 //! - ops.rs: `/healthz`, `/readyz`, `/metrics`.
 //! - [`problem`]: RFC 9457 errors with stable codes; nothing else leaves as an error.
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 mod auth;
 mod backoffice;
 mod hub;
+mod notifications;
 mod ops;
 pub mod problem;
 mod rest;
@@ -89,6 +91,8 @@ pub struct Gateway {
     pub dummy_hash: DummyHash,
     pub config: GatewayConfig,
     pub hub: Hub,
+    /// Preferences, devices and metrics of the node's notifier.
+    pub notifier: Option<Arc<notifier::Notifier>>,
     pub sockets: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -107,6 +111,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/feed", get(rest::feed))
         .route("/v1/feed/read", post(rest::feed_read))
         .route("/v1/ws", get(ws::upgrade))
+        .route(
+            "/v1/notification-preferences",
+            get(notifications::get_preferences).put(notifications::put_preferences),
+        )
+        .route("/v1/devices", post(notifications::register_device))
+        .route(
+            "/v1/devices/{token}",
+            axum::routing::delete(notifications::delete_device),
+        )
         .route("/cache-control/v1/events", post(backoffice::ingest))
         .route("/admin/v1/abs/postings", post(backoffice::abs_post))
         .fallback(|| async { problem::Problem::not_found() })

@@ -34,9 +34,10 @@ pub(crate) async fn readyz(State(gateway): State<Arc<Gateway>>) -> impl IntoResp
     (status, axum::Json(body))
 }
 
-pub(crate) async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        kernel::metrics::render(),
-    )
+pub(crate) async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    let mut text = kernel::metrics::render();
+    if let Some(notifier) = &gateway.notifier {
+        text.push_str(&notifier.metrics().render_prometheus());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -89,6 +89,16 @@ pub struct EventDraft {
     pub kind: &'static str,
     pub at: time::OffsetDateTime,
     pub data: Map<String, Value>,
+    /// A notification to send about this event, committed with it (outbox).
+    pub notify: Option<NotifyDraft>,
+}
+
+/// What the customer should be told, as template parameters of a notification kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotifyDraft {
+    /// The notifier's kind: `transaction`, `payment_status`, `security_alert` ...
+    pub kind: &'static str,
+    pub params: Map<String, Value>,
 }
 
 impl EventDraft {
@@ -155,6 +165,7 @@ impl CustomerState {
             return Err(Rejection::WrongCustomer(change.customer_id.to_string()));
         }
         let mut data = Map::new();
+        let mut notify = None;
         match &change.body {
             ChangeBody::TransactionPosted {
                 account_id,
@@ -175,6 +186,13 @@ impl CustomerState {
                 if let Some(counterparty) = counterparty {
                     data.insert("counterparty".into(), json!(counterparty));
                 }
+                notify = Some(self.transaction_notice(
+                    account_id,
+                    amount,
+                    balance,
+                    description,
+                    change.at,
+                ));
             }
             ChangeBody::BalanceChanged {
                 account_id,
@@ -200,13 +218,70 @@ impl CustomerState {
                     data.insert("title".into(), json!(title));
                 }
             }
+            ChangeBody::Notification {
+                request_id,
+                about,
+                channel,
+                status,
+                reason,
+            } => {
+                data.insert("request_id".into(), json!(request_id));
+                data.insert("about".into(), json!(about));
+                if let Some(channel) = channel {
+                    data.insert("channel".into(), json!(channel));
+                }
+                data.insert("status".into(), json!(status));
+                if let Some(reason) = reason {
+                    data.insert("reason".into(), json!(reason));
+                }
+            }
         }
         Ok(vec![EventDraft {
             id: change.id.clone(),
             kind: change.body.kind(),
             at: change.at,
             data,
+            notify,
         }])
+    }
+
+    /// The `transaction` notification: the card tied to the account (masked by the
+    /// notifier in every text anyway), else the account's title.
+    fn transaction_notice(
+        &self,
+        account_id: &str,
+        amount: &Money,
+        balance: &Money,
+        description: &str,
+        at: time::OffsetDateTime,
+    ) -> NotifyDraft {
+        let card = self
+            .products
+            .values()
+            .find(|p| {
+                p.kind == ProductKind::Card
+                    && p.details.get("account_id").and_then(Value::as_str) == Some(account_id)
+            })
+            .and_then(|card| card.details.get("pan_masked").and_then(Value::as_str))
+            .map(str::to_owned)
+            .or_else(|| self.products.get(account_id).map(|p| p.title.clone()))
+            .unwrap_or_default();
+        let mut params = Map::new();
+        params.insert("amount".into(), json!(amount));
+        params.insert("balance".into(), json!(balance));
+        params.insert("description".into(), json!(description));
+        params.insert("card".into(), json!(card));
+        params.insert(
+            "at".into(),
+            json!(
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            ),
+        );
+        NotifyDraft {
+            kind: "transaction",
+            params,
+        }
     }
 
     fn check_balance_currency(&self, product_id: &str, balance: &Money) -> Result<(), Rejection> {

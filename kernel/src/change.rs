@@ -43,6 +43,21 @@ pub enum ChangeBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         title: Option<String>,
     },
+    /// The outcome of a notification sent to the customer (from the notifier), or a message
+    /// the bank wants in the customer's feed.
+    Notification {
+        /// The notification request this reports on.
+        request_id: String,
+        /// What it was about: `transaction`, `code`, `offer` ...
+        about: String,
+        /// `push`, `sms`, `email`, `in_app`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// `accepted`, `failed`, `dead_lettered`.
+        status: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 impl ChangeBody {
@@ -54,6 +69,7 @@ impl ChangeBody {
             ChangeBody::TransactionPosted { .. } => "transaction_posted",
             ChangeBody::BalanceChanged { .. } => "balance_changed",
             ChangeBody::ProductChanged { .. } => "product_changed",
+            ChangeBody::Notification { .. } => "notification",
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn account(n: u32) -> String {
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
     pub port: u16,
 }
 
@@ -58,6 +59,7 @@ impl NodeSpec {
         let port = free_port();
         Self {
             port,
+            env: vec![],
             args: vec![
                 "serve".into(),
                 "--listen".into(),
@@ -70,10 +72,11 @@ impl NodeSpec {
         }
     }
 
-    pub fn cluster(nats_url: &str, database_url: &str, node_id: &str) -> Self {
+    pub fn cluster(nats_url: &str, database_url: &str, node_id: &str, sms_url: &str) -> Self {
         let port = free_port();
         Self {
             port,
+            env: vec![("ARBAT_SMS_URL".into(), sms_url.into())],
             args: vec![
                 "serve".into(),
                 "--listen".into(),
@@ -119,6 +122,7 @@ impl ArbatProcess {
         }
         let child = Command::new(&binary)
             .args(&spec.args)
+            .envs(spec.env.iter().cloned())
             .env("ARBAT_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -310,6 +314,8 @@ type WsStream =
 /// A WebSocket client speaking API.md's protocol.
 pub struct Socket {
     stream: WsStream,
+    /// The last seq received; every event must follow it exactly (no gap, no duplicate).
+    pub last_seq: Option<u64>,
 }
 
 /// What the server sent.
@@ -328,7 +334,10 @@ impl Socket {
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
         let (stream, _) = tokio_tungstenite::connect_async(request).await?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream,
+            last_seq: None,
+        })
     }
 
     /// Connects with the browser form: subprotocols `arbat.v1, bearer.<token>`.
@@ -347,10 +356,17 @@ impl Socket {
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok((Self { stream }, chosen))
+        Ok((
+            Self {
+                stream,
+                last_seq: None,
+            },
+            chosen,
+        ))
     }
 
     pub async fn subscribe(&mut self, resume_from: Option<u64>) -> anyhow::Result<()> {
+        self.last_seq = resume_from;
         let message = json!({"type": "subscribe", "resume_from": resume_from}).to_string();
         self.stream.send(Message::Text(message.into())).await?;
         Ok(())
@@ -367,13 +383,26 @@ impl Socket {
                 Some(Ok(Message::Text(text))) => {
                     let value: Value = serde_json::from_str(&text)?;
                     return match value["type"].as_str() {
-                        Some("event") => Ok(Frame::Event {
-                            seq: value["seq"].as_u64().context("seq")?,
-                            event: value["event"].clone(),
-                        }),
-                        Some("live") => Ok(Frame::Live {
-                            head: value["head"].as_u64().context("head")?,
-                        }),
+                        Some("event") => {
+                            let seq = value["seq"].as_u64().context("seq")?;
+                            if let Some(last) = self.last_seq
+                                && seq != last + 1
+                            {
+                                bail!("seq {seq} after {last}: a gap or a duplicate");
+                            }
+                            self.last_seq = Some(seq);
+                            Ok(Frame::Event {
+                                seq,
+                                event: value["event"].clone(),
+                            })
+                        }
+                        Some("live") => {
+                            let head = value["head"].as_u64().context("head")?;
+                            if self.last_seq.is_none() {
+                                self.last_seq = Some(head);
+                            }
+                            Ok(Frame::Live { head })
+                        }
                         other => bail!("unexpected frame type {other:?}: {text}"),
                     };
                 }
@@ -407,6 +436,57 @@ impl Socket {
         Ok(out)
     }
 
+    /// Reads until `count` events that are not `notification` outcomes have arrived (those
+    /// come asynchronously from the notifier and interleave); the seqs of all of them are
+    /// checked gapless as they arrive.
+    pub async fn business_events(
+        &mut self,
+        count: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<(u64, Value)>> {
+        let mut out = vec![];
+        while out.len() < count {
+            match self.next(limit).await? {
+                Frame::Event { event, .. } if event["kind"] == "notification" => {}
+                Frame::Event { seq, event } => out.push((seq, event)),
+                Frame::Live { .. } => {}
+                other => bail!(
+                    "expected an event, got {other:?} after {} events",
+                    out.len()
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every frame up to and including `live`; returns the events and the head.
+    pub async fn until_live(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<(Vec<(u64, Value)>, u64)> {
+        let mut out = vec![];
+        loop {
+            match self.next(limit).await? {
+                Frame::Event { seq, event } => out.push((seq, event)),
+                Frame::Live { head } => return Ok((out, head)),
+                other => bail!("expected events then live, got {other:?}"),
+            }
+        }
+    }
+
+    /// True if no business event arrives within `quiet` (notification outcomes may).
+    pub async fn no_business_event(&mut self, quiet: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Err(_) => return true,
+                Ok(Frame::Event { event, .. }) if event["kind"] == "notification" => continue,
+                Ok(_) => return false,
+            }
+        }
+    }
+
     /// True if nothing arrives within `quiet`.
     pub async fn is_quiet(&mut self, quiet: Duration) -> bool {
         tokio::time::timeout(quiet, self.stream.next())
@@ -417,4 +497,85 @@ impl Socket {
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
+}
+
+/// A local SMS gateway (API.md's generic JSON provider) that accepts everything and keeps
+/// what it received: a real HTTP server on a real socket.
+pub struct SmsGateway {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmsGateway {
+    pub async fn start() -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/sms", listener.local_addr()?);
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    // Keep-alive: answer every request on the connection.
+                    loop {
+                        let Some(end) = find(&buffer, b"\r\n\r\n") else {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        while buffer.len() < end + 4 + length {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Value =
+                            serde_json::from_slice(&buffer[end + 4..end + 4 + length])
+                                .unwrap_or(Value::Null);
+                        if let Ok(mut sink) = sink.lock() {
+                            sink.push(body);
+                        }
+                        buffer.drain(..end + 4 + length);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            url,
+            received,
+            task,
+        })
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        self.received.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for SmsGateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }

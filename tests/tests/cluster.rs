@@ -15,6 +15,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const PARTITIONS: u32 = 16;
 
 struct Cluster {
+    sms: tests::SmsGateway,
     nats: NatsServer,
     db: PgDatabase,
     nodes: Vec<ArbatProcess>,
@@ -24,13 +25,20 @@ impl Cluster {
     async fn start(nodes: usize) -> Cluster {
         let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
         let db = PgDatabase::create().await.expect("PostgreSQL");
+        let sms = tests::SmsGateway::start().await.expect("local SMS gateway");
         let mut cluster = Cluster {
+            sms,
             nats,
             db,
             nodes: vec![],
         };
         for i in 0..nodes {
-            let spec = NodeSpec::cluster(&cluster.nats.url(), &cluster.db.url, &format!("n{i}"));
+            let spec = NodeSpec::cluster(
+                &cluster.nats.url(),
+                &cluster.db.url,
+                &format!("n{i}"),
+                &cluster.sms.url,
+            );
             cluster.nodes.push(
                 ArbatProcess::start(spec)
                     .await
@@ -127,6 +135,19 @@ async fn socket_on_the_node_that_does_not_own_the_customer() {
     assert_eq!(
         events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         vec![2, 3]
+    );
+    // The customer is told through the notifier's JetStream queue and the SMS gateway, and
+    // the outcome comes back as a live `notification` event.
+    let outcome = socket.events(1, WAIT).await.unwrap();
+    assert_eq!(outcome[0].1["kind"], "notification");
+    assert_eq!(outcome[0].1["status"], "accepted");
+    let phone = tests::phone(n);
+    assert!(
+        cluster
+            .sms
+            .messages()
+            .iter()
+            .any(|m| m["to"] == phone.as_str())
     );
 
     // Reads on the non-owner are answered by the owner's actor (over the bus).

@@ -32,6 +32,31 @@ mod tempdir {
     }
 }
 
+/// The ids of `notification` outcomes in a feed that report an accepted send.
+fn accepted_notifications(feed: &[serde_json::Value]) -> Vec<String> {
+    feed.iter()
+        .filter(|e| e["kind"] == "notification" && e["status"] == "accepted")
+        .map(|e| e["request_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn business(feed: &[serde_json::Value]) -> Vec<&str> {
+    feed.iter()
+        .filter(|e| e["kind"] != "notification")
+        .map(|e| e["id"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Waits until `count` transaction notifications were accepted by a provider, so the
+/// feed's seqs are settled before the test checks a replay.
+async fn notified(client: &tests::Client, token: &str, count: usize) -> Vec<serde_json::Value> {
+    tests::eventually("notifications are delivered", WAIT, || async {
+        let feed = client.whole_feed(token).await.ok()?;
+        (accepted_notifications(&feed).len() >= count).then_some(feed)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn live_events_then_exact_resume() {
     let (node, _dir) = node().await;
@@ -44,37 +69,52 @@ async fn live_events_then_exact_resume() {
 
     let posted = client.abs_post("p1", &account(1), "-100.00").await.unwrap();
     assert_eq!(posted["balance"]["amount"], "149901.00");
-    let events = socket.events(2, WAIT).await.unwrap();
-    assert_eq!(events[0].0, 1);
+    let events = socket.business_events(2, WAIT).await.unwrap();
     assert_eq!(events[0].1["kind"], "transaction_posted");
     assert_eq!(events[0].1["amount"]["amount"], "-100.00");
-    assert_eq!(events[1].0, 2);
     assert_eq!(events[1].1["kind"], "balance_changed");
     assert_eq!(events[1].1["balance"]["amount"], "149901.00");
+    // The customer is told too (console SMS in the embedded demo), and the outcome is a
+    // live `notification` event.
+    loop {
+        match socket.next(WAIT).await.unwrap() {
+            Frame::Event { event, .. } if event["kind"] == "notification" => {
+                assert_eq!(event["status"], "accepted");
+                assert_eq!(event["about"], "transaction");
+                break;
+            }
+            other => panic!("expected the notification outcome, got {other:?}"),
+        }
+    }
+    let last_seen = socket.last_seq.unwrap();
     socket.close().await;
 
     // Changes while the client is away...
     client.abs_post("p2", &account(1), "-1.00").await.unwrap();
     client.abs_post("p3", &account(1), "250.00").await.unwrap();
+    let feed = notified(&client, &token, 3).await;
+    let head = feed.last().unwrap()["seq"].as_u64().unwrap();
 
     // ...arrive exactly once on resume, in order, then the live marker, then live events.
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
-    socket.subscribe(Some(2)).await.unwrap();
-    let missed = socket.events(4, WAIT).await.unwrap();
+    socket.subscribe(Some(last_seen)).await.unwrap();
+    let (missed, live_head) = socket.until_live(WAIT).await.unwrap();
+    assert_eq!(live_head, head);
     assert_eq!(
         missed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-        vec![3, 4, 5, 6]
+        (last_seen + 1..=head).collect::<Vec<_>>()
     );
-    assert_eq!(missed[3].1["balance"]["amount"], "150150.00");
-    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 6 });
+    let missed_business: Vec<&str> = missed
+        .iter()
+        .filter(|(_, e)| e["kind"] != "notification")
+        .map(|(_, e)| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed_business, vec!["tx-p2", "bal-p2", "tx-p3", "bal-p3"]);
     client.abs_post("p4", &account(1), "-0.50").await.unwrap();
-    let live = socket.events(2, WAIT).await.unwrap();
-    assert_eq!(
-        live.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-        vec![7, 8]
-    );
+    let live = socket.business_events(2, WAIT).await.unwrap();
+    assert_eq!(live[1].1["balance"]["amount"], "150149.50");
     assert!(
-        socket.is_quiet(Duration::from_millis(300)).await,
+        socket.no_business_event(Duration::from_millis(300)).await,
         "no duplicate after live"
     );
 
@@ -112,22 +152,34 @@ async fn live_events_then_exact_resume() {
     assert_eq!(older["items"].as_array().unwrap().len(), 2);
     assert!(older["next_cursor"].is_null());
 
-    // Feed: newest first, unread count, read marks.
+    // Feed: newest first, gapless, unread count, read marks.
+    let all = notified(&client, &token, 4).await;
+    let head = all.len() as u64;
+    assert_eq!(
+        all.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        business(&all),
+        vec![
+            "tx-p1", "bal-p1", "tx-p2", "bal-p2", "tx-p3", "bal-p3", "tx-p4", "bal-p4"
+        ]
+    );
     let (_, feed) = client.get("/v1/feed?limit=3", Some(&token)).await.unwrap();
-    assert_eq!(feed["items"][0]["seq"], 8);
-    assert_eq!(feed["unread"], 8);
+    assert_eq!(feed["items"][0]["seq"], head);
+    assert_eq!(feed["unread"], head);
     let (status, read) = client
         .post("/v1/feed/read", Some(&token), json!({"up_to_seq": 5}))
         .await
         .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(read["unread"], 3);
-    let all = client.whole_feed(&token).await.unwrap();
+    assert_eq!(read["unread"], head - 5);
+    let (status, problem) = client.get("/v1/feed?limit=0", Some(&token)).await.unwrap();
     assert_eq!(
-        all.iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        (1..=8).collect::<Vec<_>>()
+        (status, problem["code"].as_str()),
+        (400, Some("bad_request"))
     );
 }
 
@@ -187,8 +239,11 @@ async fn a_customer_never_reaches_another_customers_data() {
         .await
         .unwrap();
     assert!(socket.is_quiet(Duration::from_millis(500)).await);
-    let (_, bob_feed) = client.get("/v1/feed", Some(&bob)).await.unwrap();
-    assert_eq!(bob_feed["items"].as_array().unwrap().len(), 4);
+    let bob_feed = client.whole_feed(&bob).await.unwrap();
+    assert_eq!(
+        business(&bob_feed),
+        vec!["tx-bob-1", "bal-bob-1", "tx-bob-2", "bal-bob-2"]
+    );
 
     // Forged, missing and wrong-kind credentials.
     let mut forged = alice.clone();
@@ -312,29 +367,29 @@ async fn acknowledged_changes_survive_kill_9() {
     }
     node.kill9();
     node.restart().await.unwrap();
-    // The token is still good (the signing key is in the store) and nothing was lost.
+    let client = node.client();
+    // The token is still good (the signing key is in the store) and nothing was lost: every
+    // posting is in the feed once, and every notification, sent before or after the crash,
+    // is reported once.
+    let feed = notified(&client, &token, 20).await;
+    let expected: Vec<String> = (0..20)
+        .flat_map(|i| [format!("tx-k{i}"), format!("bal-k{i}")])
+        .collect();
+    assert_eq!(business(&feed), expected);
+    let mut notices = accepted_notifications(&feed);
+    notices.sort();
+    notices.dedup();
+    assert_eq!(notices.len(), 20);
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(Some(0)).await.unwrap();
-    let events = socket.events(40, WAIT).await.unwrap();
-    assert_eq!(
-        events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        (1..=40).collect::<Vec<_>>()
-    );
-    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 40 });
-    let (_, products) = node
-        .client()
-        .get("/v1/products", Some(&token))
-        .await
-        .unwrap();
+    let (events, head) = socket.until_live(WAIT).await.unwrap();
+    assert_eq!(events.len() as u64, head);
+    let (_, products) = client.get("/v1/products", Some(&token)).await.unwrap();
     assert_eq!(products["accounts"][0]["balance"]["amount"], "149987.00");
     // A posting retried after the crash moves no money twice.
-    let again = node
-        .client()
-        .abs_post("k19", &account(7), "-1.00")
-        .await
-        .unwrap();
+    let again = client.abs_post("k19", &account(7), "-1.00").await.unwrap();
     assert_eq!(again["duplicate"], true);
-    assert!(socket.is_quiet(Duration::from_millis(300)).await);
+    assert!(socket.no_business_event(Duration::from_millis(300)).await);
 }
 
 #[tokio::test]
@@ -371,8 +426,7 @@ async fn passivated_actors_come_back_with_their_state() {
     client.abs_post("z1", &account(9), "-5.00").await.unwrap();
     let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
     socket.subscribe(Some(0)).await.unwrap();
-    socket.events(2, WAIT).await.unwrap();
-    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 2 });
+    socket.until_live(WAIT).await.unwrap();
     // Idle long enough to passivate, then a change and a read reactivate it.
     tests::eventually("the actor passivates", WAIT, || {
         let client = client.clone();
@@ -394,8 +448,8 @@ async fn passivated_actors_come_back_with_their_state() {
     })
     .await;
     client.abs_post("z2", &account(9), "-5.00").await.unwrap();
-    let live = socket.events(2, WAIT).await.unwrap();
-    assert_eq!(live.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4]);
+    let live = socket.business_events(2, WAIT).await.unwrap();
+    assert_eq!(live[0].1["id"], "tx-z2");
     let (_, products) = client.get("/v1/products", Some(&token)).await.unwrap();
     assert_eq!(products["accounts"][0]["balance"]["amount"], "149999.00");
 }
@@ -432,4 +486,164 @@ async fn sigterm_drains_and_exits_cleanly() {
         socket.next(WAIT).await.unwrap(),
         Frame::Closed { code: Some(1001) }
     );
+}
+
+#[tokio::test]
+async fn the_connection_limit_refuses_the_next_socket() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0).arg("--max-connections", "1"))
+        .await
+        .unwrap();
+    let token = node.client().login(12).await.unwrap();
+    let mut first = Socket::connect(&node.ws_url(), &token).await.unwrap();
+    first.subscribe(None).await.unwrap();
+    assert!(matches!(
+        first.next(WAIT).await.unwrap(),
+        Frame::Live { .. }
+    ));
+    let refused = Socket::connect(&node.ws_url(), &token).await;
+    let error = refused
+        .err()
+        .expect("the second socket is refused")
+        .to_string();
+    assert!(error.contains("503"), "{error}");
+    // The slot comes back when the first socket goes.
+    first.close().await;
+    tests::eventually("the slot is free again", WAIT, || async {
+        Socket::connect(&node.ws_url(), &token)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_client_is_shed_with_4008_and_resumes_without_loss() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0).arg("--ws-live-buffer", "1"))
+        .await
+        .unwrap();
+    let client = node.client();
+    let token = client.login(13).await.unwrap();
+    let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
+    socket.subscribe(None).await.unwrap();
+    assert_eq!(socket.next(WAIT).await.unwrap(), Frame::Live { head: 0 });
+    // A burst far larger than the socket's queue.
+    let events: Vec<serde_json::Value> = (0..600)
+        .map(|i| balance_change(&format!("s{i}"), 13, &format!("{i}.00")))
+        .collect();
+    let (status, _) = client
+        .post(
+            "/cache-control/v1/events",
+            Some(BACKOFFICE_KEY),
+            json!({"events": events}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    let mut shed = false;
+    let mut received = 0u64;
+    while received < 600 {
+        match socket.next(WAIT).await.unwrap() {
+            Frame::Event { .. } => received += 1,
+            Frame::Live { .. } => {}
+            Frame::Closed { code } => {
+                assert_eq!(code, Some(4008));
+                shed = true;
+                let last = socket.last_seq;
+                socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
+                socket.subscribe(last).await.unwrap();
+            }
+        }
+    }
+    assert!(shed, "a queue of one cannot keep up with a burst of 600");
+    assert_eq!(socket.last_seq, Some(600));
+}
+
+#[tokio::test]
+async fn notifications_reach_the_sms_gateway_in_the_customers_language() {
+    let gateway = tests::SmsGateway::start().await.unwrap();
+    let dir = tempdir::TempDir::new();
+    let mut spec = NodeSpec::embedded(&dir.0);
+    spec.env.push(("ARBAT_SMS_URL".into(), gateway.url.clone()));
+    let node = ArbatProcess::start(spec).await.unwrap();
+    let client = node.client();
+    // Customer 15 speaks Russian, 16 English (demo data).
+    client
+        .abs_post("ru-1", &account(15), "-120.00")
+        .await
+        .unwrap();
+    client
+        .abs_post("en-1", &account(16), "-80.00")
+        .await
+        .unwrap();
+    let messages = tests::eventually("two SMS at the gateway", WAIT, || async {
+        let messages = gateway.messages();
+        (messages.len() >= 2).then_some(messages)
+    })
+    .await;
+    let to = |phone: &str| messages.iter().find(|m| m["to"] == phone).cloned().unwrap();
+    let russian = to("+79990000015")["text"].as_str().unwrap().to_owned();
+    let english = to("+79990000016")["text"].as_str().unwrap().to_owned();
+    assert!(russian.contains("карта 220220******0015"), "{russian}");
+    assert!(russian.contains("Баланс"), "{russian}");
+    assert!(english.contains("card 220220******0016"), "{english}");
+    assert!(english.contains("Balance"), "{english}");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["id"].as_str().is_some_and(|id| !id.is_empty()))
+    );
+
+    // Preferences and devices are the caller's own.
+    let token = client.login(15).await.unwrap();
+    let (status, preferences) = client
+        .get("/v1/notification-preferences", Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(preferences["kinds"]["transaction"]["channels"].is_array());
+    let (status, _) = client
+        .post(
+            "/v1/devices",
+            Some(&token),
+            json!({"platform": "android", "token": "fcm-token-15", "language": "ru"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let (status, problem) = client
+        .post(
+            "/v1/devices",
+            Some(&token),
+            json!({"platform": "nokia", "token": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_device"))
+    );
+    let other = client.login(16).await.unwrap();
+    let delete = |token: String| {
+        let client = client.clone();
+        async move {
+            client
+                .http
+                .delete(format!("{}/v1/devices/fcm-token-15", client.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        delete(other).await,
+        404,
+        "another customer's device is not theirs to delete"
+    );
+    assert_eq!(delete(token).await, 204);
 }

@@ -33,6 +33,12 @@ impl StoreQueue {
         }
     }
 
+    /// Releases the leases of a previous incarnation of the only process using this queue
+    /// (see [`SqlStore::queue_release_all`]); returns how many items come back.
+    pub async fn reclaim_after_restart(&self) -> Result<u64, QueueError> {
+        self.store.queue_release_all().await.map_err(unavailable)
+    }
+
     /// Another handle on the same table with its own lease owner (another worker process).
     pub fn with_new_owner(&self) -> Self {
         Self {

@@ -240,6 +240,18 @@ impl SqlStore {
         })
     }
 
+    /// Makes every leased item visible again at once. Only for a queue that one process owns
+    /// (embedded mode) at its start: any lease then belongs to a previous, dead incarnation,
+    /// so waiting for the leases to time out would only delay notifications.
+    pub async fn queue_release_all(&self) -> Result<u64, NotifStoreError> {
+        let sql = "UPDATE notif_queue SET lease_owner = NULL, visible_at = $1 WHERE lease_owner IS NOT NULL";
+        let now = now_ms();
+        with_pool!(self, p => {
+            let done = sqlx::query(sql).bind(now).execute(p).await.map_err(db)?;
+            Ok(done.rows_affected())
+        })
+    }
+
     /// Items still queued (leased or not).
     pub async fn queue_len(&self) -> Result<u64, NotifStoreError> {
         let sql = "SELECT COUNT(*) FROM notif_queue";

@@ -441,6 +441,7 @@ async fn live_target(
             },
             latency: sink.latency(phase).summary(),
             ratio_to_baseline: None,
+            p99_ratio_to_baseline: None,
             published: out.published,
             publish_errors: out.errors,
             expected_frames: out.expected_frames,

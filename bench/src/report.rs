@@ -96,6 +96,8 @@ pub struct Scenario {
     pub latency: LatencySummary,
     /// `events_per_s` divided by the baseline's in the comparable phase.
     pub ratio_to_baseline: Option<f64>,
+    /// p99 latency divided by the baseline's in the comparable phase.
+    pub p99_ratio_to_baseline: Option<f64>,
     /// Changes published in the whole phase (warm-up included) and their JetStream/flush errors.
     pub published: u64,
     pub publish_errors: u64,
@@ -159,23 +161,28 @@ fn opt_ratio(ratio: Option<f64>) -> String {
 impl Report {
     /// Fills `ratio_to_baseline` of each arbat scenario from the relay scenario of the same mode.
     pub fn compute_ratios(&mut self) {
-        let baselines: Vec<(String, f64)> = self
+        let baselines: Vec<(String, f64, f64)> = self
             .scenarios
             .iter()
             .filter(|s| s.target == "relay")
-            .map(|s| (s.mode.clone(), s.events_per_s))
+            .map(|s| (s.mode.clone(), s.events_per_s, s.latency.p99_ms))
             .collect();
+        let ratio = |value: f64, base: f64| (base > 0.0).then(|| value / base);
         for scenario in &mut self.scenarios {
-            let base = baselines
-                .iter()
-                .find(|(mode, _)| *mode == scenario.mode)
-                .map(|(_, e)| *e);
-            scenario.ratio_to_baseline = match (scenario.target.as_str(), base) {
-                ("relay", _) => Some(1.0),
-                (_, Some(base)) if base > 0.0 => Some(scenario.events_per_s / base),
-                _ => None,
-            };
+            let base = baselines.iter().find(|(mode, _, _)| *mode == scenario.mode);
+            (scenario.ratio_to_baseline, scenario.p99_ratio_to_baseline) =
+                match (scenario.target.as_str(), base) {
+                    ("relay", _) => (Some(1.0), Some(1.0)),
+                    (_, Some((_, events, p99))) => (
+                        ratio(scenario.events_per_s, *events),
+                        ratio(scenario.latency.p99_ms, *p99),
+                    ),
+                    _ => (None, None),
+                };
         }
+        // Max rows first, each beside its baseline.
+        self.scenarios
+            .sort_by_key(|s| (s.mode != "max", s.target != "arbat"));
     }
 
     /// The console table.
@@ -183,7 +190,7 @@ impl Report {
         let mut out = String::new();
         if !self.scenarios.is_empty() {
             out.push_str(&format!(
-                "{:<32} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>10}\n",
+                "{:<32} {:>11} {:>11} {:>9} {:>9} {:>9} {:>7} {:>7} {:>10}\n",
                 "scenario",
                 "changes/s",
                 "events/s",
@@ -191,11 +198,12 @@ impl Report {
                 "p99 ms",
                 "p99.9 ms",
                 "ratio",
+                "p99 x",
                 "lost"
             ));
             for s in &self.scenarios {
                 out.push_str(&format!(
-                    "{:<32} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>10}\n",
+                    "{:<32} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>7} {:>10}\n",
                     s.label(),
                     s.changes_per_s,
                     s.events_per_s,
@@ -203,6 +211,7 @@ impl Report {
                     s.latency.p99_ms,
                     s.latency.p999_ms,
                     opt_ratio(s.ratio_to_baseline),
+                    opt_ratio(s.p99_ratio_to_baseline),
                     s.lost_frames()
                 ));
             }
@@ -238,12 +247,12 @@ impl Report {
             md.push_str("## Live path (ABS change published → WebSocket frame)\n\n");
             md.push_str("`max`: closed loop with a bounded number of changes in flight (the highest sustained rate). ");
             md.push_str("`@ rate`: open loop at half of arbat's max; latency is measured from each change's intended send time, ");
-            md.push_str("so a stalled publisher does not hide delays (coordinated omission). Ratio: events/s ÷ the relay's in the same mode.\n\n");
-            md.push_str("| scenario | sockets | changes/s | events/s | p50 ms | p99 ms | p99.9 ms | max ms | ratio to baseline | delivered / expected |\n");
-            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            md.push_str("so a stalled publisher does not hide delays (coordinated omission). Ratio: events/s ÷ the relay's in the same mode; p99 ×: p99 ÷ the relay's.\n\n");
+            md.push_str("| scenario | sockets | changes/s | events/s | p50 ms | p99 ms | p99.9 ms | max ms | ratio to baseline | p99 × baseline | delivered / expected |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for s in &self.scenarios {
                 md.push_str(&format!(
-                    "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} / {} |\n",
+                    "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} / {} |\n",
                     s.label(),
                     s.sockets,
                     s.changes_per_s,
@@ -253,6 +262,7 @@ impl Report {
                     s.latency.p999_ms,
                     s.latency.max_ms,
                     opt_ratio(s.ratio_to_baseline),
+                    opt_ratio(s.p99_ratio_to_baseline),
                     s.delivered_frames,
                     s.expected_frames
                 ));
@@ -383,6 +393,8 @@ mod tests {
         assert_eq!(report.scenarios[0].ratio_to_baseline, Some(0.5));
         assert_eq!(report.scenarios[1].ratio_to_baseline, Some(1.0));
         assert_eq!(report.scenarios[2].ratio_to_baseline, Some(1.0));
+        assert_eq!(report.scenarios[2].target, "arbat");
+        assert_eq!(report.scenarios[3].mode, "rate");
         assert_eq!(report.scenarios[0].lost_frames(), 2);
     }
 
@@ -399,7 +411,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| arbat max | 10 | 0 | 500 |"), "{md}");
-        assert!(md.contains("| 0.50 | 98 / 100 |"), "{md}");
+        assert!(md.contains("| 0.50 | — | 98 / 100 |"), "{md}");
         assert!(md.contains("## Idle density"), "{md}");
         let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(json["scenarios"][0]["ratio_to_baseline"], 0.5);

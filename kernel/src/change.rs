@@ -61,8 +61,13 @@ pub enum ChangeBody {
 }
 
 impl ChangeBody {
-    pub const KINDS: [&'static str; 3] =
-        ["transaction_posted", "balance_changed", "product_changed"];
+    /// Every kind the platform understands; a change of another kind is `unknown_change_kind`.
+    pub const KINDS: [&'static str; 4] = [
+        "transaction_posted",
+        "balance_changed",
+        "product_changed",
+        "notification",
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -157,6 +162,30 @@ mod tests {
         let balance = r#"{"id":"b","customer_id":"c1","kind":"balance_changed","at":"2026-12-04T10:00:00Z",
             "account_id":"a1","balance":{"amount":"1.00","currency":"RUB"}}"#;
         assert!(Change::from_json(balance.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn every_kind_is_known_to_the_parser() {
+        let money = r#"{"amount":"1.00","currency":"RUB"}"#;
+        let samples = [
+            format!(
+                r#"{{"kind":"transaction_posted","account_id":"a","amount":{money},"balance":{money},"description":"d"}}"#
+            ),
+            format!(r#"{{"kind":"balance_changed","account_id":"a","balance":{money}}}"#),
+            r#"{"kind":"product_changed","product_id":"k"}"#.to_string(),
+            r#"{"kind":"notification","request_id":"r","about":"transaction","status":"accepted"}"#
+                .to_string(),
+        ];
+        assert_eq!(samples.len(), ChangeBody::KINDS.len());
+        for sample in samples {
+            let mut value: serde_json::Value = serde_json::from_str(&sample).unwrap();
+            value["id"] = "x".into();
+            value["customer_id"] = "c1".into();
+            value["at"] = "2026-12-04T10:00:00Z".into();
+            let change = Change::from_value(value).unwrap();
+            assert!(ChangeBody::KINDS.contains(&change.body.kind()));
+            assert_eq!(Change::from_json(&change.to_json()).unwrap(), change);
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod relay;
 pub mod runtime;
 mod sink;
 
-pub use node::Node;
+pub use node::{Node, Wiring};
 pub use protocol::{ApplyReport, CallError, CustomerRequest};
 pub use runtime::ActorRuntime;
 pub use sink::{LocalSink, group_by_customer};

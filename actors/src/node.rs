@@ -27,9 +27,16 @@ const REMOTE_CONCURRENCY: usize = 512;
 /// Attempts to reach a partition's owner while the partition changes hands.
 const ROUTE_ATTEMPTS: u32 = 8;
 
+/// What the actors talk to: the store, the bus and (optionally) the notifier's queue, which
+/// receives the notification requests of the outbox.
+pub struct Wiring {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub notify: Option<Arc<dyn notifier::WorkQueue>>,
+}
+
 /// A handle to this node's customer actors, cheap to clone.
 #[derive(Clone)]
-#[allow(clippy::too_many_arguments)]
 pub struct Node {
     inner: Arc<Inner>,
 }
@@ -47,14 +54,13 @@ impl Node {
     /// when embedded).
     pub fn start(
         config: ActorConfig,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn Bus>,
+        wiring: Wiring,
         runtime: &ActorRuntime,
         owned: watch::Receiver<BTreeSet<u32>>,
         serve_remote: bool,
-        notify: Option<Arc<dyn notifier::WorkQueue>>,
         shutdown: watch::Receiver<bool>,
     ) -> Node {
+        let Wiring { store, bus, notify } = wiring;
         let relay = Relay::start(store.clone(), bus.clone(), notify, shutdown.clone());
         let deps = Arc::new(Deps {
             store,

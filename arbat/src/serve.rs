@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use actors::{ActorRuntime, LocalSink, Node};
+use actors::{ActorRuntime, LocalSink, Node, Wiring};
 use anyhow::Context as _;
 use channels::{DummyHash, Gateway, Hub, TokenKeys};
 use kernel::bus::Bus;
@@ -80,14 +80,17 @@ pub async fn run(
 
     let notify = NodeNotifier::prepare(&config, &config.notifier, nats_client).await?;
     let runtime = ActorRuntime::start(config.actor_threads).context("starting actor threads")?;
+    let wiring = Wiring {
+        store: store.clone(),
+        bus: bus.clone(),
+        notify: Some(notify.queue.clone()),
+    };
     let node = Node::start(
         config.actors.clone(),
-        store.clone(),
-        bus.clone(),
+        wiring,
         &runtime,
         owned,
         jetstream.is_some(),
-        Some(notify.queue.clone()),
         shutdown.clone(),
     );
     let sink: Arc<dyn ChangeSink> = match &jetstream {

@@ -27,8 +27,8 @@ use crate::report::Latency;
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Phases one run can hold (frames of other phases are counted but not attributed).
-pub const MAX_PHASES: usize = 16;
-const SHARDS: usize = 32;
+pub const MAX_PHASES: usize = 8;
+const SHARDS: usize = 8;
 
 /// A monotonic clock shared by the publisher and the clients.
 #[derive(Clone, Copy, Debug)]

@@ -141,7 +141,7 @@ pub struct LiveArgs {
     #[arg(long)]
     pub no_baseline: bool,
     /// Folder for bench-live.md and bench-live.json.
-    #[arg(long, default_value = "bench-results")]
+    #[arg(long, default_value = "target/bench-results")]
     pub out: PathBuf,
 }
 
@@ -382,14 +382,13 @@ async fn live_target(
     let measure = Duration::from_secs_f64(args.duration.max(0.1));
     let mut scenarios = Vec::new();
 
-    let mut phase = first_phase;
     let plans = [
         Mode::Max {
             in_flight: args.in_flight.max(1),
         },
         Mode::Rate(0.0),
     ];
-    for mode in plans {
+    for (phase, mode) in (first_phase..).zip(plans) {
         let mode = match mode {
             Mode::Rate(_) => {
                 let max_changes = scenarios
@@ -485,7 +484,6 @@ async fn live_target(
             "phase done"
         );
         scenarios.push(scenario);
-        phase += 1;
     }
     close_all(stop_tx, opened.handles).await;
     Ok(scenarios)
@@ -709,7 +707,7 @@ mod tests {
         let words: Vec<String> = line
             .split_whitespace()
             .skip_while(|w| *w != "arbat")
-            .skip(1)
+            .skip(2)
             .map(|w| w.trim_matches('\'').to_owned())
             .collect();
         let again = Cli::try_parse_from(std::iter::once("bench".to_owned()).chain(words)).unwrap();

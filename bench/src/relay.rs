@@ -147,6 +147,8 @@ fn server_config() -> WebSocketConfig {
 async fn socket(stream: TcpStream, relay: Arc<Relay>) {
     let _ = stream.set_nodelay(true);
     let mut customer: Option<String> = None;
+    // The handshake's callback type is fixed by tungstenite.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let bearer = request
             .headers()

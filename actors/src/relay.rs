@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, watch};
 const FAST_PATH_CAPACITY: usize = 4096;
 const BATCH: usize = 256;
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Published rows are deleted in groups at least this often.
+const DELETE_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub(crate) struct Relay {
@@ -64,10 +66,14 @@ async fn run(
 ) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(DELETE_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rows already published, deleted together: one store write for many commits.
+    let mut published: Vec<i64> = Vec::new();
     loop {
         tokio::select! {
             first = rx.recv() => {
-                let Some(first) = first else { return };
+                let Some(first) = first else { break };
                 let mut ids = first.0;
                 let mut messages = first.1;
                 while ids.len() < BATCH {
@@ -79,34 +85,42 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                publish_and_delete(&*store, &targets, ids, messages).await;
+                if relay(&targets, messages).await {
+                    published.extend(ids);
+                }
+                if published.len() >= BATCH {
+                    delete(&*store, &mut published).await;
+                }
             }
+            _ = flush.tick(), if !published.is_empty() => delete(&*store, &mut published).await,
             _ = sweep.tick() => {
+                // Delete first, so the sweep does not send again what was just sent.
+                delete(&*store, &mut published).await;
                 match store.outbox_pending(BATCH as u32).await {
                     Ok(rows) => {
                         metrics::OUTBOX_LAG.set(rows.len() as i64);
                         if rows.is_empty() { continue; }
-                        let ids = rows.iter().map(|r| r.id).collect();
+                        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                         let messages = rows
                             .into_iter()
                             .map(|r| OutboxMessage { subject: r.subject, payload: r.payload })
                             .collect();
-                        publish_and_delete(&*store, &targets, ids, messages).await;
+                        if relay(&targets, messages).await {
+                            published.extend(ids);
+                            delete(&*store, &mut published).await;
+                        }
                     }
                     Err(error) => tracing::warn!(%error, "outbox sweep failed"),
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
     }
+    delete(&*store, &mut published).await;
 }
 
-async fn publish_and_delete(
-    store: &dyn Store,
-    targets: &Targets,
-    ids: Vec<i64>,
-    messages: Vec<OutboxMessage>,
-) {
+/// Sends each row where it goes; false if one failed (the rows stay for the sweep).
+async fn relay(targets: &Targets, messages: Vec<OutboxMessage>) -> bool {
     for message in messages {
         let sent = if notifier::is_request_subject(&message.subject) {
             match &targets.notify {
@@ -124,13 +138,21 @@ async fn publish_and_delete(
                 .map_err(|e| e.to_string())
         };
         if let Err(error) = sent {
-            // Leave the rows: the sweep retries them.
             tracing::warn!(%error, "outbox relay failed");
-            return;
+            return false;
         }
         metrics::OUTBOX_PUBLISHED.inc();
     }
-    if let Err(error) = store.outbox_delete(&ids).await {
-        tracing::warn!(%error, "outbox delete failed; rows will be relayed again");
+    true
+}
+
+async fn delete(store: &dyn Store, published: &mut Vec<i64>) {
+    if published.is_empty() {
+        return;
+    }
+    match store.outbox_delete(published).await {
+        Ok(()) => published.clear(),
+        // Kept: deleted with the next batch; meanwhile the sweep may send them again.
+        Err(error) => tracing::warn!(%error, "outbox delete failed"),
     }
 }

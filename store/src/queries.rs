@@ -213,49 +213,89 @@ pub(crate) async fn commit(c: &mut Conn, commit: &Commit) -> Result<Vec<i64>, St
         .map_err(duplicate_means(StoreError::VersionConflict))?;
     }
 
-    for event in &commit.events {
-        sqlx::query(
-            "INSERT INTO journal (customer_id, seq, event_id, kind, at_ms, data)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(customer)
-        .bind(seq_to_db(event.seq)?)
-        .bind(&event.id)
-        .bind(&event.kind)
-        .bind(time_to_db(event.at)?)
-        .bind(serde_json::Value::Object(event.data.clone()).to_string())
-        .execute(&mut *c)
-        .await
-        .map_err(db_err)
-        // The version matched, so an event at this seq means journal and version disagree.
-        .map_err(duplicate_means(StoreError::Corrupt(
-            "journal holds events past its version".into(),
-        )))?;
+    // Multi-row inserts: a commit costs a handful of round trips however many events,
+    // change ids and outbox rows it carries.
+    for events in commit.events.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO journal (customer_id, seq, event_id, kind, at_ms, data) VALUES {}",
+            values_rows(events.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for event in events {
+            query = query
+                .bind(customer)
+                .bind(seq_to_db(event.seq)?)
+                .bind(&event.id)
+                .bind(&event.kind)
+                .bind(time_to_db(event.at)?)
+                .bind(serde_json::Value::Object(event.data.clone()).to_string());
+        }
+        query
+            .execute(&mut *c)
+            .await
+            .map_err(db_err)
+            // The version matched, so an event at this seq means journal and version disagree.
+            .map_err(duplicate_means(StoreError::Corrupt(
+                "journal holds events past its version".into(),
+            )))?;
     }
 
-    for change_id in &commit.change_ids {
-        sqlx::query(
-            "INSERT INTO applied_changes (customer_id, change_id, version) VALUES ($1, $2, $3)",
-        )
-        .bind(customer)
-        .bind(change_id)
-        .bind(new_version)
-        .execute(&mut *c)
-        .await
-        .map_err(db_err)?;
+    for change_ids in commit.change_ids.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO applied_changes (customer_id, change_id, version) VALUES {}",
+            values_rows(change_ids.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for change_id in change_ids {
+            query = query.bind(customer).bind(change_id).bind(new_version);
+        }
+        query.execute(&mut *c).await.map_err(db_err)?;
     }
 
     let mut outbox_ids = Vec::with_capacity(commit.outbox.len());
-    for message in &commit.outbox {
-        let row = sqlx::query("INSERT INTO outbox (subject, payload) VALUES ($1, $2) RETURNING id")
-            .bind(&message.subject)
-            .bind(&message.payload)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(db_err)?;
-        outbox_ids.push(col(&row, 0)?);
+    for messages in commit.outbox.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO outbox (subject, payload) VALUES {} RETURNING id",
+            values_rows(messages.len(), 2)
+        );
+        let mut query = sqlx::query(&sql);
+        for message in messages {
+            query = query.bind(&message.subject).bind(&message.payload);
+        }
+        let rows = query.fetch_all(&mut *c).await.map_err(db_err)?;
+        let mut ids = rows
+            .iter()
+            .map(|row| col(row, 0))
+            .collect::<Result<Vec<i64>, _>>()?;
+        // Ids grow in the order of the VALUES list on both backends; RETURNING itself
+        // promises no order, so sort to give the caller its rows' ids in order.
+        ids.sort_unstable();
+        outbox_ids.extend(ids);
     }
     Ok(outbox_ids)
+}
+
+/// Rows per multi-row INSERT, well under both backends' parameter limits (6 per row at most).
+const ROWS_PER_INSERT: usize = 500;
+
+/// `($1, $2, $3), ($4, $5, $6), ...`: `rows` tuples of `width` placeholders.
+fn values_rows(rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * width + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 pub(crate) async fn mark_read(c: &mut Conn, id: &str, up_to_seq: u64) -> Result<u64, StoreError> {

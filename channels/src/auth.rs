@@ -17,6 +17,11 @@ use crate::Gateway;
 use crate::problem::Problem;
 use crate::tokens::Claims;
 
+/// Password verifications running at once (one per core).
+static PASSWORD_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+});
+
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
@@ -75,7 +80,11 @@ pub(crate) async fn login(
         .map(|c| c.password_hash.clone())
         .unwrap_or_else(|| gateway.dummy_hash.0.clone());
     let password = request.password;
-    // argon2 is deliberately slow: keep it off the async workers.
+    // argon2 is deliberately slow and takes 19 MiB per hash: keep it off the async workers
+    // and run at most one per core, so a burst of logins cannot balloon the node's memory.
+    let Ok(_slot) = PASSWORD_SLOTS.acquire().await else {
+        return Err(Problem::unavailable("try again"));
+    };
     let verified = tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| {

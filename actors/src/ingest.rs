@@ -76,13 +76,15 @@ async fn consume_partition(node: Node, js: Context, partition: u32) {
                 return;
             }
         };
-        if !batch.is_empty() {
-            handle_batch(&node, &js, batch).await;
+        if !batch.is_empty() && handle_batch(&node, &js, batch).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
         }
     }
 }
 
-async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) {
+/// Applies a batch; `Err` when some changes could not be applied now (the caller rebinds).
+async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) -> Result<(), ()> {
     let mut valid: Vec<(Change, IncomingChange)> = Vec::with_capacity(batch.len());
     for message in batch {
         match Change::from_json(message.payload()) {
@@ -111,6 +113,7 @@ async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+    let mut failed = false;
     for (ids, result) in results {
         match result {
             Ok(report) => {
@@ -134,16 +137,15 @@ async fn handle_batch(node: &Node, js: &Context, batch: Vec<IncomingChange>) {
                 }
             }
             Err(error) => {
-                // Transient (store down, partition moving, fenced): redeliver, in order.
-                tracing::warn!(%error, "changes not applied; will be redelivered");
-                for id in ids {
-                    for message in messages.remove(&id).unwrap_or_default() {
-                        let _ = message.nak(Some(Duration::from_millis(500))).await;
-                    }
-                }
+                // Transient (store down, partition moving, fenced). Naking would let newer
+                // changes of this customer overtake these; instead stop this consumer: it is
+                // bound again from its ack floor and everything unacked comes back in order.
+                tracing::warn!(%error, "changes not applied; partition consumer restarts");
+                failed = true;
             }
         }
     }
+    if failed { Err(()) } else { Ok(()) }
 }
 
 async fn dead_letter(js: &Context, message: &IncomingChange, code: &str, detail: &str) {

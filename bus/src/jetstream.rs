@@ -214,27 +214,45 @@ impl PartitionConsumer {
         Self::bind_with(js, partition, ConsumerOptions::default()).await
     }
 
+    /// Binds to the consumer of `partition`, so that its messages come in stream order even
+    /// after a change of owner.
+    ///
+    /// A previous owner may have died (or lost the partition) holding fetched, unacked
+    /// messages. Redelivery of those would wait for `ack_wait` while newer messages flow, and
+    /// a customer's changes would be applied out of order. So when the consumer has messages
+    /// pending, it is recreated to start right after its ack floor: everything unacked comes
+    /// again, in order (what was acked past the floor comes again too, and is dropped by
+    /// change id).
     pub async fn bind_with(
         js: &Context,
         partition: u32,
         options: ConsumerOptions,
     ) -> Result<Self, BusError> {
         let name = format!("arbat-part-{partition}");
-        let consumer = js
-            .create_consumer_on_stream(
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    name: Some(name),
-                    description: Some(format!("Cache Control changes of partition {partition}")),
-                    filter_subject: partition_filter(partition),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: options.ack_wait,
-                    max_ack_pending: options.max_ack_pending.max(1),
-                    deliver_policy: DeliverPolicy::All,
-                    ..Default::default()
-                },
-                ABS_STREAM,
-            )
+        let stream = js.get_stream(ABS_STREAM).await.map_err(unavailable)?;
+        let mut deliver_policy = DeliverPolicy::All;
+        if let Ok(info) = stream.consumer_info(&name).await {
+            if info.num_ack_pending == 0 {
+                let consumer: PullConsumer = stream.get_consumer(&name).await.map_err(unavailable)?;
+                return Ok(Self { partition, consumer });
+            }
+            deliver_policy = DeliverPolicy::ByStartSequence {
+                start_sequence: info.ack_floor.stream_sequence + 1,
+            };
+            stream.delete_consumer(&name).await.map_err(unavailable)?;
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                name: Some(name),
+                description: Some(format!("Cache Control changes of partition {partition}")),
+                filter_subject: partition_filter(partition),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: options.ack_wait,
+                max_ack_pending: options.max_ack_pending.max(1),
+                deliver_policy,
+                ..Default::default()
+            })
             .await
             .map_err(unavailable)?;
         Ok(Self {

@@ -128,6 +128,9 @@ pub async fn run(
 
     let mut gateway_config = config.gateway.clone();
     gateway_config.backoffice_key = backoffice_key.clone();
+    let revocations =
+        channels::Revocations::new(gateway_config.access_token_ttl.as_secs() as i64, 1_000_000);
+    let limits = channels::Limits::new(&gateway_config);
     let gateway = Arc::new(Gateway {
         node: node.clone(),
         store: store.clone(),
@@ -139,9 +142,17 @@ pub async fn run(
         config: gateway_config,
         hub: Hub::new(bus.clone()),
         notifier: Some(notifier.notifier.clone()),
+        queue: Some(notifier.queue.clone()),
+        revocations,
+        limits,
         sockets: Default::default(),
         shutdown: shutdown.clone(),
     });
+
+    gateway
+        .start_control()
+        .await
+        .context("listening for session revocations")?;
 
     announce(
         &config,
@@ -197,6 +208,11 @@ async fn seed_demo_logins(store: &dyn Store) -> anyhow::Result<()> {
                 customer_id: abs::demo::customer_id(n),
                 password_hash,
             })
+            .await?;
+        // The demo password is public, so a second factor would protect nothing here:
+        // demo customers trust every device. Registered customers get a code on a new one.
+        store
+            .trust_device(&abs::demo::customer_id(n), "*", kernel::now())
             .await?;
     }
     Ok(())

@@ -92,6 +92,10 @@ pub struct RawSettings {
     /// Comma-separated browser origins allowed by CORS and at the WebSocket [default: none].
     #[arg(long, env = "ARBAT_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
+    /// Id of the access-token signing key; raising it rotates the key (the previous id's
+    /// tokens stay valid until they expire) [default: 1].
+    #[arg(long, env = "ARBAT_TOKEN_KEY_ID")]
+    pub token_key_id: Option<String>,
     /// Longest a request may take [default: 30000].
     #[arg(long, env = "ARBAT_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<String>,
@@ -123,6 +127,7 @@ impl RawSettings {
             rate_limit_customer: self.rate_limit_customer.or(other.rate_limit_customer),
             allowed_origins: self.allowed_origins.or(other.allowed_origins),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            token_key_id: self.token_key_id.or(other.token_key_id),
         }
     }
 }
@@ -151,6 +156,8 @@ pub struct Config {
     pub backoffice_key: Option<String>,
     pub grace_period: Duration,
     pub actor_threads: usize,
+    /// The access-token signing key id (the previous one is accepted too).
+    pub token_key_id: u32,
     pub actors: actors::ActorConfig,
     pub gateway: channels::GatewayConfig,
     /// Notification providers, from the environment names of API.md.
@@ -393,6 +400,7 @@ impl Config {
                 600_000,
             )?),
             actor_threads: number("actor-threads", raw.actor_threads.as_deref(), cores, 1, 256)?,
+            token_key_id: number("token-key-id", raw.token_key_id.as_deref(), 1, 1, 1_000_000)?,
             actors,
             gateway,
             notifier,

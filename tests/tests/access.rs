@@ -68,7 +68,7 @@ async fn confirm(client: &Client, id: &str, body: Value, token: Option<&str>) ->
 
 #[tokio::test]
 async fn registration_by_sms_code_then_a_second_factor_on_a_new_device() {
-    let Node { node, sms, .. } = node_with(&[]).await;
+    let Node { node, sms, _dir } = node_with(&[]).await;
     let client = node.client();
     let me = phone(101);
     let (status, body) = client
@@ -152,7 +152,7 @@ async fn registration_by_sms_code_then_a_second_factor_on_a_new_device() {
 
 #[tokio::test]
 async fn no_user_enumeration_in_registration_or_login() {
-    let Node { node, sms, .. } = node_with(&[]).await;
+    let Node { node, sms, _dir } = node_with(&[]).await;
     let client = node.client();
     let shape = |body: &Value| {
         let mut keys: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
@@ -208,7 +208,7 @@ async fn no_user_enumeration_in_registration_or_login() {
 
 #[tokio::test]
 async fn codes_are_single_use_and_the_sixth_attempt_is_refused() {
-    let Node { node, sms, .. } = node_with(&[]).await;
+    let Node { node, sms, _dir } = node_with(&[]).await;
     let client = node.client();
     let me = phone(104);
     let (_, body) = client
@@ -237,7 +237,7 @@ async fn codes_are_single_use_and_the_sixth_attempt_is_refused() {
 
 #[tokio::test]
 async fn step_up_codes_are_bound_to_the_amount_and_payee() {
-    let Node { node, sms, .. } = node_with(&[]).await;
+    let Node { node, sms, _dir } = node_with(&[]).await;
     let client = node.client();
     let token = tokens(&client, 3, "d3").await["access_token"]
         .as_str()
@@ -329,7 +329,11 @@ async fn step_up_codes_are_bound_to_the_amount_and_payee() {
 
 #[tokio::test]
 async fn refresh_rotates_and_a_replayed_refresh_token_ends_the_session() {
-    let Node { node, .. } = node_with(&[]).await;
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[]).await;
     let client = node.client();
     let first = tokens(&client, 5, "d5").await;
     let access = first["access_token"].as_str().unwrap().to_owned();
@@ -401,7 +405,11 @@ async fn refresh_rotates_and_a_replayed_refresh_token_ends_the_session() {
 
 #[tokio::test]
 async fn sessions_are_the_callers_own_and_logout_closes_sockets() {
-    let Node { node, .. } = node_with(&[]).await;
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[]).await;
     let client = node.client();
     let a = tokens(&client, 6, "phone").await["access_token"]
         .as_str()
@@ -476,7 +484,11 @@ async fn sessions_are_the_callers_own_and_logout_closes_sockets() {
 
 #[tokio::test]
 async fn lockout_after_five_failures_ends_on_time_and_idle_sessions_end() {
-    let Node { node, .. } = node_with(&[("--lockout-s", "3"), ("--session-idle-s", "2")]).await;
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[("--lockout-s", "3"), ("--session-idle-s", "2")]).await;
     let client = node.client();
     let wrong = |login: String, device: &'static str| {
         let client = client.clone();
@@ -576,7 +588,11 @@ async fn staff_login(client: &Client, login: &str, secret: &str) -> (u16, Value)
 
 #[tokio::test]
 async fn staff_and_customer_tokens_never_open_each_others_endpoints() {
-    let Node { node, .. } = node_with(&[]).await;
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[]).await;
     let client = node.client();
     let support = staff(&client, "sup-1", "support").await;
     let marketing = staff(&client, "mkt-1", "marketing").await;
@@ -665,7 +681,11 @@ async fn staff_and_customer_tokens_never_open_each_others_endpoints() {
 
 #[tokio::test]
 async fn staff_accounts_lock_after_ten_failures() {
-    let Node { node, .. } = node_with(&[]).await;
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[]).await;
     let client = node.client();
     let secret = staff(&client, "ops-1", "operations").await;
     for _ in 0..10 {
@@ -685,7 +705,11 @@ async fn staff_accounts_lock_after_ten_failures() {
 
 #[tokio::test]
 async fn tokens_signed_by_the_previous_key_stay_valid_after_rotation() {
-    let Node { mut node, .. } = node_with(&[]).await;
+    let Node {
+        mut node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[]).await;
     let old = tokens(&node.client(), 11, "d11").await["access_token"]
         .as_str()
         .unwrap()
@@ -702,7 +726,13 @@ async fn tokens_signed_by_the_previous_key_stay_valid_after_rotation() {
     assert!(new.starts_with("v1.2."));
     assert_eq!(client.get("/v1/me", Some(&new)).await.unwrap().0, 200);
     // Two rotations later the old key is gone.
-    node.spec = node.spec.clone().arg("--token-key-id", "3");
+    let at = node
+        .spec
+        .args
+        .iter()
+        .position(|a| a == "--token-key-id")
+        .unwrap();
+    node.spec.args[at + 1] = "3".into();
     node.restart().await.unwrap();
     let client = node.client();
     assert_eq!(client.get("/v1/me", Some(&old)).await.unwrap().0, 401);
@@ -711,7 +741,11 @@ async fn tokens_signed_by_the_previous_key_stay_valid_after_rotation() {
 
 #[tokio::test]
 async fn the_gateway_limits_rates_origins_and_sets_headers() {
-    let Node { node, .. } = node_with(&[
+    let Node {
+        node,
+        sms: _sms,
+        _dir,
+    } = node_with(&[
         ("--allowed-origins", "https://app.example"),
         ("--rate-limit-customer", "2"),
     ])
@@ -797,7 +831,7 @@ async fn the_gateway_limits_rates_origins_and_sets_headers() {
 
 #[tokio::test]
 async fn a_password_change_reauthenticates_notifies_and_can_end_other_sessions() {
-    let Node { node, sms, .. } = node_with(&[]).await;
+    let Node { node, sms, _dir } = node_with(&[]).await;
     let client = node.client();
     let current = tokens(&client, 14, "d14").await["access_token"]
         .as_str()

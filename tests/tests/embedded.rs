@@ -58,6 +58,7 @@ async fn notified(client: &tests::Client, token: &str, count: usize) -> Vec<serd
 }
 
 #[tokio::test]
+#[allow(clippy::never_loop)]
 async fn live_events_then_exact_resume() {
     let (node, _dir) = node().await;
     let client = node.client();

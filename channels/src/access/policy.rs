@@ -69,6 +69,8 @@ pub fn step_up(
 }
 
 #[cfg(test)]
+// Amounts are written as major_minor (`1000_00` is 1000.00) so they read like money.
+#[allow(clippy::inconsistent_digit_grouping)]
 mod tests {
     use super::*;
 

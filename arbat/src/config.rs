@@ -77,6 +77,28 @@ pub struct RawSettings {
     /// Actor threads (arbiters) [default: number of cores].
     #[arg(long, env = "ARBAT_ACTOR_THREADS")]
     pub actor_threads: Option<String>,
+    /// A session whose refresh token is unused this long ends [default: 1800].
+    #[arg(long, env = "ARBAT_SESSION_IDLE_S")]
+    pub session_idle_s: Option<String>,
+    /// How long a login, device or IP stays locked after too many failures [default: 900].
+    #[arg(long, env = "ARBAT_LOCKOUT_S")]
+    pub lockout_s: Option<String>,
+    /// Requests per second per client IP, 0 = off [default: 1000].
+    #[arg(long, env = "ARBAT_RATE_LIMIT_IP")]
+    pub rate_limit_ip: Option<String>,
+    /// Authenticated requests per second per customer, 0 = off [default: 100].
+    #[arg(long, env = "ARBAT_RATE_LIMIT_CUSTOMER")]
+    pub rate_limit_customer: Option<String>,
+    /// Comma-separated browser origins allowed by CORS and at the WebSocket [default: none].
+    #[arg(long, env = "ARBAT_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Id of the access-token signing key; raising it rotates the key (the previous id's
+    /// tokens stay valid until they expire) [default: 1].
+    #[arg(long, env = "ARBAT_TOKEN_KEY_ID")]
+    pub token_key_id: Option<String>,
+    /// Longest a request may take [default: 30000].
+    #[arg(long, env = "ARBAT_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<String>,
 }
 
 impl RawSettings {
@@ -99,6 +121,13 @@ impl RawSettings {
             ws_live_buffer: self.ws_live_buffer.or(other.ws_live_buffer),
             grace_period_ms: self.grace_period_ms.or(other.grace_period_ms),
             actor_threads: self.actor_threads.or(other.actor_threads),
+            session_idle_s: self.session_idle_s.or(other.session_idle_s),
+            lockout_s: self.lockout_s.or(other.lockout_s),
+            rate_limit_ip: self.rate_limit_ip.or(other.rate_limit_ip),
+            rate_limit_customer: self.rate_limit_customer.or(other.rate_limit_customer),
+            allowed_origins: self.allowed_origins.or(other.allowed_origins),
+            request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            token_key_id: self.token_key_id.or(other.token_key_id),
         }
     }
 }
@@ -127,6 +156,8 @@ pub struct Config {
     pub backoffice_key: Option<String>,
     pub grace_period: Duration,
     pub actor_threads: usize,
+    /// The access-token signing key id (the previous one is accepted too).
+    pub token_key_id: u32,
     pub actors: actors::ActorConfig,
     pub gateway: channels::GatewayConfig,
     /// Notification providers, from the environment names of API.md.
@@ -304,8 +335,49 @@ impl Config {
                 1,
                 65_536,
             )?,
+            session_idle: Duration::from_secs(number(
+                "session-idle-s",
+                raw.session_idle_s.as_deref(),
+                1800,
+                1,
+                30 * 86_400,
+            )?),
+            rate_limit_ip_per_s: f64::from(number(
+                "rate-limit-ip",
+                raw.rate_limit_ip.as_deref(),
+                1000u32,
+                0,
+                1_000_000,
+            )?),
+            rate_limit_customer_per_s: f64::from(number(
+                "rate-limit-customer",
+                raw.rate_limit_customer.as_deref(),
+                100u32,
+                0,
+                1_000_000,
+            )?),
+            allowed_origins: raw
+                .allowed_origins
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            request_timeout: Duration::from_millis(number(
+                "request-timeout-ms",
+                raw.request_timeout_ms.as_deref(),
+                30_000,
+                100,
+                600_000,
+            )?),
             ..channels::GatewayConfig::default()
         };
+        let lockout_s: i64 = number("lockout-s", raw.lockout_s.as_deref(), 900, 1, 86_400)?;
+        let mut gateway = gateway;
+        gateway.login_lockout.lock_for = time::Duration::seconds(lockout_s);
+        gateway.ip_lockout.lock_for = time::Duration::seconds(lockout_s);
         Ok(Config {
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
@@ -328,6 +400,7 @@ impl Config {
                 600_000,
             )?),
             actor_threads: number("actor-threads", raw.actor_threads.as_deref(), cores, 1, 256)?,
+            token_key_id: number("token-key-id", raw.token_key_id.as_deref(), 1, 1, 1_000_000)?,
             actors,
             gateway,
             notifier,

@@ -118,12 +118,26 @@ pub async fn run(
     }
     tokio::spawn(abs.clone().serve(bus.clone()));
 
-    let mut candidate = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut candidate);
-    let token_secret = store
-        .secret("access_token_key_1", &candidate)
-        .await
-        .context("loading the token key")?;
+    // Key rotation: the current key signs; the previous one is still accepted, so tokens
+    // signed before a rotation stay valid until they expire. Every node shares both.
+    let key_id = config.token_key_id;
+    let mut keys = Vec::new();
+    for id in [key_id, key_id.saturating_sub(1)] {
+        if id == 0 || keys.iter().any(|(k, _)| *k == id) {
+            continue;
+        }
+        let mut candidate = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut candidate);
+        let secret = store
+            .secret(&format!("access_token_key_{id}"), &candidate)
+            .await
+            .context("loading the token keys")?;
+        keys.push((id, secret));
+    }
+    let mut token_keys = TokenKeys::new(&key_id.to_string(), keys[0].1.clone());
+    for (id, secret) in keys.into_iter().skip(1) {
+        token_keys = token_keys.also_accept(&id.to_string(), secret);
+    }
     let (backoffice_key, generated_key) = match &config.backoffice_key {
         Some(key) => (key.clone(), false),
         None => (random_key(), true),
@@ -131,20 +145,31 @@ pub async fn run(
 
     let mut gateway_config = config.gateway.clone();
     gateway_config.backoffice_key = backoffice_key.clone();
+    let revocations =
+        channels::Revocations::new(gateway_config.access_token_ttl.as_secs() as i64, 1_000_000);
+    let limits = channels::Limits::new(&gateway_config);
     let gateway = Arc::new(Gateway {
         node: node.clone(),
         store: store.clone(),
         bus: bus.clone(),
         sink,
         abs: Some(abs),
-        tokens: TokenKeys::new("1", token_secret),
+        tokens: token_keys,
         dummy_hash: DummyHash::generate(),
         config: gateway_config,
         hub: Hub::new(bus.clone()),
         notifier: Some(notifier.notifier.clone()),
+        queue: Some(notifier.queue.clone()),
+        revocations,
+        limits,
         sockets: Default::default(),
         shutdown: shutdown.clone(),
     });
+
+    gateway
+        .start_control()
+        .await
+        .context("listening for session revocations")?;
 
     announce(
         &config,
@@ -200,6 +225,11 @@ async fn seed_demo_logins(store: &dyn Store) -> anyhow::Result<()> {
                 customer_id: abs::demo::customer_id(n),
                 password_hash,
             })
+            .await?;
+        // The demo password is public, so a second factor would protect nothing here:
+        // demo customers trust every device. Registered customers get a code on a new one.
+        store
+            .trust_device(&abs::demo::customer_id(n), "*", kernel::now())
             .await?;
     }
     Ok(())

@@ -339,6 +339,7 @@ async fn idle_density(
 
 /// The live phases (max, then rate) against one target; returns its scenarios.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::explicit_counter_loop)]
 async fn live_target(
     target: &str,
     endpoint: &Endpoint,

@@ -144,6 +144,7 @@ fn server_config() -> WebSocketConfig {
         .max_frame_size(Some(4 * 1024))
 }
 
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
 async fn socket(stream: TcpStream, relay: Arc<Relay>) {
     let _ = stream.set_nodelay(true);
     let mut customer: Option<String> = None;

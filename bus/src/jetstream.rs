@@ -233,8 +233,12 @@ impl PartitionConsumer {
         let mut deliver_policy = DeliverPolicy::All;
         if let Ok(info) = stream.consumer_info(&name).await {
             if info.num_ack_pending == 0 {
-                let consumer: PullConsumer = stream.get_consumer(&name).await.map_err(unavailable)?;
-                return Ok(Self { partition, consumer });
+                let consumer: PullConsumer =
+                    stream.get_consumer(&name).await.map_err(unavailable)?;
+                return Ok(Self {
+                    partition,
+                    consumer,
+                });
             }
             deliver_policy = DeliverPolicy::ByStartSequence {
                 start_sequence: info.ack_floor.stream_sequence + 1,

@@ -1,28 +1,41 @@
-//! Password login and the bearer-token extractor.
+//! Password hashing and the bearer-token extractors (customer, optional customer).
+//! The login itself is in manager.rs; staff tokens in staff.rs.
 
 use std::sync::Arc;
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use argon2::password_hash::{PasswordHasher, SaltString};
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use kernel::metrics;
-use kernel::store::SessionRecord;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::Gateway;
+use crate::manager::{client_ip, rate_limited};
 use crate::problem::Problem;
 use crate::tokens::Claims;
 
-/// Password verifications running at once (one per core).
-static PASSWORD_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-});
+/// Password hashings and verifications running at once (one per core).
+static PASSWORD_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
+    });
 
-/// Hashes a password with argon2id and a random salt (PHC string).
+/// Runs argon2 work off the async workers, at most one per core: it is deliberately slow and
+/// takes 19 MiB per hash, so a burst of logins must neither stall the node nor balloon its
+/// memory. `None` if the work could not run.
+pub(crate) async fn argon2_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let _slot = PASSWORD_SLOTS.acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
+/// Hashes a password with argon2id (the crate's defaults: m = 19 MiB, t = 2, p = 1, the
+/// OWASP minimum) and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()
@@ -42,111 +55,44 @@ impl DummyHash {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct LoginRequest {
-    login: String,
-    password: String,
-    device_id: String,
-}
-
-fn invalid_credentials() -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "login or password is wrong",
-    )
-}
-
-pub(crate) async fn login(
-    State(gateway): State<Arc<Gateway>>,
-    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, Problem> {
-    let Json(request) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
-    if request.login.is_empty() || request.login.len() > 64 || request.password.len() > 256 {
-        return Err(invalid_credentials());
-    }
-    if request.device_id.is_empty() || request.device_id.len() > 128 {
-        return Err(Problem::bad_request(
-            "device_id must be 1 to 128 characters",
-        ));
-    }
-    let credential = gateway
-        .store
-        .credential(&request.login)
-        .await
-        .map_err(|_| Problem::unavailable("try again"))?;
-    let hash = credential
-        .as_ref()
-        .map(|c| c.password_hash.clone())
-        .unwrap_or_else(|| gateway.dummy_hash.0.clone());
-    let password = request.password;
-    // argon2 is deliberately slow and takes 19 MiB per hash: keep it off the async workers
-    // and run at most one per core, so a burst of logins cannot balloon the node's memory.
-    let Ok(_slot) = PASSWORD_SLOTS.acquire().await else {
-        return Err(Problem::unavailable("try again"));
-    };
-    let verified = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
-    let Some(credential) = credential.filter(|_| verified) else {
-        metrics::LOGINS_FAILED.inc();
-        return Err(invalid_credentials());
-    };
-    let now = kernel::now();
-    let session = SessionRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        customer_id: credential.customer_id.clone(),
-        device_id: request.device_id,
-        created_at: now,
-        revoked: false,
-    };
-    gateway
-        .store
-        .create_session(&session)
-        .await
-        .map_err(|_| Problem::unavailable("try again"))?;
-    let ttl = gateway.config.access_token_ttl.as_secs() as i64;
-    let claims = Claims {
-        sub: credential.customer_id,
-        sid: session.id,
-        scope: "customer".into(),
-        iat: now.unix_timestamp(),
-        exp: now.unix_timestamp() + ttl,
-    };
-    metrics::LOGINS_OK.inc();
-    Ok(Json(json!({
-        "access_token": gateway.tokens.sign(&claims),
-        "token_type": "Bearer",
-        "expires_in": ttl,
-    })))
-}
-
 /// The authenticated customer of a request.
 pub(crate) struct Customer(pub Claims);
 
+/// A customer when the request carries a valid customer token (challenge confirmation
+/// serves both anonymous login/registration and authenticated step-up).
+pub(crate) struct MaybeCustomer(pub Option<Claims>);
+
 impl Gateway {
-    /// Verifies a bearer token for the customer scope.
+    /// Verifies a bearer token for the customer scope: signature and expiry, the scope, and
+    /// that its session was not revoked (the node's revoked set; see revocations.rs).
     pub(crate) fn verify_customer_token(&self, token: &str) -> Result<Claims, Problem> {
         let claims = self
             .tokens
             .verify(token, kernel::now().unix_timestamp())
             .map_err(|_| Problem::unauthorized())?;
         if claims.scope != "customer" {
+            return Err(Problem::forbidden());
+        }
+        if self.revocations.is_revoked(&claims.sid) {
             return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this token cannot be used here",
+                StatusCode::UNAUTHORIZED,
+                "session_revoked",
+                "this session has ended; log in again",
             ));
         }
         Ok(claims)
+    }
+
+    /// Audits a refused authorization (every one, as the issue asks) in the background.
+    pub(crate) fn audit_refusal(self: &Arc<Self>, parts: &Parts, problem: &Problem) {
+        let gateway = self.clone();
+        let ip = client_ip(&parts.extensions);
+        let subject = format!("{} {} {}", parts.method, parts.uri.path(), problem.code);
+        tokio::spawn(async move {
+            gateway
+                .audit("authz_refused", "", &subject, &ip, false)
+                .await;
+        });
     }
 }
 
@@ -169,7 +115,37 @@ impl FromRequestParts<Arc<Gateway>> for Customer {
         parts: &mut Parts,
         gateway: &Arc<Gateway>,
     ) -> Result<Self, Problem> {
-        let token = bearer(parts).ok_or_else(Problem::unauthorized)?;
-        gateway.verify_customer_token(token).map(Customer)
+        let verified = bearer(parts)
+            .ok_or_else(Problem::unauthorized)
+            .and_then(|token| gateway.verify_customer_token(token));
+        let claims = match verified {
+            Ok(claims) => claims,
+            Err(problem) => {
+                gateway.audit_refusal(parts, &problem);
+                return Err(problem);
+            }
+        };
+        gateway
+            .limits
+            .customer
+            .check(claims.sub.as_str())
+            .map_err(rate_limited)?;
+        Ok(Customer(claims))
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for MaybeCustomer {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Self, Problem> {
+        match bearer(parts) {
+            None => Ok(MaybeCustomer(None)),
+            Some(_) => Customer::from_request_parts(parts, gateway)
+                .await
+                .map(|Customer(claims)| MaybeCustomer(Some(claims))),
+        }
     }
 }

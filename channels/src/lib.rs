@@ -3,7 +3,14 @@
 //! # Layout
 //!
 //! - [`router`] / [`run`]: the axum application and its server loop (bind port 0 in tests).
-//! - auth.rs: password login (argon2id) and the bearer-token extractor.
+//! - auth.rs: password hashing (argon2id) and the bearer-token extractors.
+//! - manager.rs: the Access Manager (register, login + second factor, challenges, refresh
+//!   rotation with reuse detection, logout, sessions, step-up, password change); its pure
+//!   rules are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
+//! - staff.rs: staff accounts, roles, staff login (password + TOTP) and `/staff/v1/*`.
+//! - [`revocations`]: revoked sessions per node, fed by `ctl.*` control messages.
+//! - guard.rs: per-IP limits, CORS/Origin allowlist, timeouts, security headers.
+//! - openapi.json: the OpenAPI 3.1 document served at `GET /v1/openapi.json`.
 //! - [`tokens`]: signed access tokens verified without a store round trip.
 //! - rest.rs: customer reads (`/v1/me`, products, transactions, feed) answered by actors.
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
@@ -33,18 +40,25 @@ use kernel::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod access;
 mod auth;
 mod backoffice;
+mod guard;
 mod hub;
+mod manager;
 mod notifications;
 mod ops;
 pub mod problem;
 mod rest;
+pub mod revocations;
+mod staff;
 pub mod tokens;
 mod ws;
 
 pub use auth::{DummyHash, hash_password};
+pub use guard::Limits;
 pub use hub::Hub;
+pub use revocations::Revocations;
 pub use tokens::{Claims, TokenKeys};
 
 /// Settings of the gateway.
@@ -63,6 +77,23 @@ pub struct GatewayConfig {
     /// Bearer key of the back-office endpoints (Cache Control, ABS admin).
     pub backoffice_key: String,
     pub max_body_bytes: usize,
+    /// A session whose refresh token is unused this long ends.
+    pub session_idle: Duration,
+    /// Failures per login and per device before a lockout, and its length.
+    pub login_lockout: kernel::store::LockoutPolicy,
+    /// Failures per client IP before a lockout (higher: many customers share an IP).
+    pub ip_lockout: kernel::store::LockoutPolicy,
+    /// Requests per second per client IP (burst twice that); 0 turns it off.
+    pub rate_limit_ip_per_s: f64,
+    /// Authenticated requests per second per customer (burst twice that); 0 turns it off.
+    pub rate_limit_customer_per_s: f64,
+    /// Codes sent per phone per hour (burst at most 5).
+    pub code_sends_per_hour: f64,
+    /// Browser origins allowed by CORS and at the WebSocket upgrade (none by default:
+    /// requests without an `Origin`, i.e. apps, are not affected).
+    pub allowed_origins: Vec<String>,
+    /// Longest a request may take (WebSockets excepted).
+    pub request_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +107,20 @@ impl Default for GatewayConfig {
             access_token_ttl: Duration::from_secs(900),
             backoffice_key: String::new(),
             max_body_bytes: 1 << 20,
+            session_idle: Duration::from_secs(30 * 60),
+            login_lockout: kernel::store::LockoutPolicy {
+                max_failures: 5,
+                lock_for: time::Duration::minutes(15),
+            },
+            ip_lockout: kernel::store::LockoutPolicy {
+                max_failures: 100,
+                lock_for: time::Duration::minutes(15),
+            },
+            rate_limit_ip_per_s: 1000.0,
+            rate_limit_customer_per_s: 100.0,
+            code_sends_per_hour: 10.0,
+            allowed_origins: Vec::new(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -93,6 +138,10 @@ pub struct Gateway {
     pub hub: Hub,
     /// Preferences, devices and metrics of the node's notifier.
     pub notifier: Option<Arc<notifier::Notifier>>,
+    /// The node's notifier queue: codes and security alerts go out through it.
+    pub queue: Option<Arc<dyn notifier::WorkQueue>>,
+    pub revocations: Revocations,
+    pub limits: Limits,
     pub sockets: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -104,7 +153,26 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/auth/register", post(manager::register))
+        .route("/v1/auth/login", post(manager::login))
+        .route("/v1/auth/challenges/{id}/confirm", post(manager::confirm))
+        .route("/v1/auth/refresh", post(manager::refresh))
+        .route("/v1/auth/logout", post(manager::logout))
+        .route("/v1/auth/step-up", post(manager::step_up))
+        .route("/v1/auth/password", post(manager::change_password))
+        .route("/v1/sessions", get(manager::sessions))
+        .route(
+            "/v1/sessions/{id}",
+            axum::routing::delete(manager::delete_session),
+        )
+        .route("/staff/v1/auth/login", post(staff::login))
+        .route(
+            "/staff/v1/customers/{id}/sessions",
+            get(staff::customer_sessions),
+        )
+        .route("/staff/v1/audit", get(staff::audit))
+        .route("/admin/v1/staff", post(staff::create))
         .route("/v1/me", get(rest::me))
         .route("/v1/products", get(rest::products))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
@@ -124,7 +192,64 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/v1/abs/postings", post(backoffice::abs_post))
         .fallback(|| async { problem::Problem::not_found() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway.clone(),
+            guard::guard,
+        ))
         .with_state(gateway)
+}
+
+/// The OpenAPI 3.1 document of the HTTP API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
+impl Gateway {
+    /// Fills the revoked set with sessions revoked within the last access-token lifetime,
+    /// then listens for revocations from every node (`ctl.*`).
+    pub async fn start_control(self: &Arc<Self>) -> Result<(), kernel::store::StoreError> {
+        let ttl = self.config.access_token_ttl.as_secs() as i64;
+        let now = kernel::now();
+        for (sid, _) in self
+            .store
+            .revoked_since(now - time::Duration::seconds(ttl + 1))
+            .await?
+        {
+            self.revocations.revoke(&sid, now.unix_timestamp());
+        }
+        let subscription = self
+            .bus
+            .subscribe("ctl.*")
+            .await
+            .map_err(|e| kernel::store::StoreError::Unavailable(e.to_string()))?;
+        let gateway = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut subscription = subscription;
+            while let Some(message) = subscription.next().await {
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                else {
+                    continue;
+                };
+                if value["type"] == "session_revoked"
+                    && let Some(sid) = value["sid"].as_str()
+                {
+                    gateway
+                        .revocations
+                        .revoke(sid, kernel::now().unix_timestamp());
+                }
+            }
+        });
+        Ok(())
+    }
 }
 
 /// Serves until `shutdown` turns true, then stops accepting and lets requests in flight
@@ -132,11 +257,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<()> {
     let mut shutdown = gateway.shutdown.clone();
     let app = router(gateway);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stopped(&mut shutdown).await;
-        })
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stopped(&mut shutdown).await;
+    })
+    .await
 }
 
 /// Resolves once the shutdown flag is up (or its sender is gone).

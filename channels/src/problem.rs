@@ -10,6 +10,8 @@ pub struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub extra: Option<(&'static str, Value)>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -19,6 +21,7 @@ impl Problem {
             code,
             detail: detail.into(),
             extra: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -42,6 +45,17 @@ impl Problem {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "something went wrong on our side",
+        )
+    }
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token cannot be used here",
         )
     }
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
@@ -98,6 +112,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

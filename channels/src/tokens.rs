@@ -21,8 +21,11 @@ pub struct Claims {
     pub sub: CustomerId,
     /// Session id: revocation and the session list hang on it.
     pub sid: String,
-    /// `customer` (staff scopes come with the Access Manager).
+    /// `customer` or `staff`: a token opens only the endpoints of its scope.
     pub scope: String,
+    /// The staff role (`support`, `marketing`, `operations`, `security`); none for customers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub iat: i64,
     pub exp: i64,
 }
@@ -114,6 +117,7 @@ mod tests {
             sub: CustomerId::parse("c1").unwrap(),
             sid: "s1".into(),
             scope: "customer".into(),
+            role: None,
             iat: 0,
             exp,
         }

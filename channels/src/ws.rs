@@ -2,6 +2,7 @@
 //!
 //! Close codes (documented in docs/websocket.md):
 //! - 4001 `token_expired`: the access token expired; reconnect with a fresh one.
+//! - 4003 `session_revoked`: the session was logged out or revoked (on any node).
 //! - 4008 `too_slow`: the client fell too far behind; reconnect with `resume_from`.
 //! - 4400 `bad_message`: no `subscribe` in time, or a message the server does not understand.
 //! - 1001 going away: the node is shutting down; reconnect (to any node) and resume.
@@ -24,6 +25,7 @@ use crate::problem::Problem;
 use crate::tokens::Claims;
 
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+pub const CLOSE_SESSION_REVOKED: u16 = 4003;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_BAD_MESSAGE: u16 = 4400;
 const REPLAY_PAGE: u32 = 500;
@@ -123,10 +125,13 @@ enum End {
 }
 
 async fn session(mut socket: WebSocket, gateway: Arc<Gateway>, claims: Claims) {
-    let end = match run_session(&mut socket, &gateway, &claims).await {
+    let mut revoked = gateway.revocations.watch(&claims.sid);
+    let end = match run_session(&mut socket, &gateway, &claims, &mut revoked).await {
         Ok(()) => End::Gone,
         Err(end) => end,
     };
+    gateway.revocations.unwatch(&claims.sid);
+    drop(revoked);
     if let End::Close(code, reason) = end {
         if code == CLOSE_TOO_SLOW {
             metrics::SOCKETS_SHED_SLOW.inc();
@@ -147,6 +152,7 @@ async fn run_session(
     socket: &mut WebSocket,
     gateway: &Gateway,
     claims: &Claims,
+    revoked: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), End> {
     let config = &gateway.config;
     let customer = &claims.sub;
@@ -166,6 +172,7 @@ async fn run_session(
             Err(_) => return Err(End::Close(CLOSE_BAD_MESSAGE, "subscribe timeout")),
         },
         _ = &mut expiry => return Err(End::Close(CLOSE_TOKEN_EXPIRED, "token_expired")),
+        _ = crate::revocations::revoked(revoked) => return Err(End::Close(CLOSE_SESSION_REVOKED, "session_revoked")),
     };
 
     // 2. Listen first (buffering), then replay from the store, then drain live skipping
@@ -232,6 +239,7 @@ async fn run_session(
                     .map_err(|_| End::Gone)?;
             }
             _ = &mut expiry => return Err(End::Close(CLOSE_TOKEN_EXPIRED, "token_expired")),
+            _ = crate::revocations::revoked(revoked) => return Err(End::Close(CLOSE_SESSION_REVOKED, "session_revoked")),
             _ = crate::stopped(&mut shutdown) => return Err(End::Close(1001, "going_away")),
         }
     }

@@ -123,9 +123,121 @@ pub struct SessionRecord {
     pub device_id: String,
     pub created_at: OffsetDateTime,
     pub revoked: bool,
+    /// SHA-256 (hex) of the current refresh token's secret; "" when the session has none.
+    pub refresh_hash: String,
+    /// How many times the refresh token was rotated.
+    pub generation: u64,
+    /// Last login or refresh: the idle timeout counts from here.
+    pub last_used_at: OffsetDateTime,
 }
 
-/// Credentials, sessions and platform secrets.
+impl SessionRecord {
+    /// A fresh, unrevoked session whose refresh token hashes to `refresh_hash`.
+    pub fn new(
+        id: String,
+        customer_id: CustomerId,
+        device_id: String,
+        refresh_hash: String,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            customer_id,
+            device_id,
+            created_at: now,
+            revoked: false,
+            refresh_hash,
+            generation: 0,
+            last_used_at: now,
+        }
+    }
+}
+
+/// A one-time-code challenge as the store keeps it. The Access Manager owns `state` (its
+/// own JSON: hashed code, attempts, binding ...); the store guards concurrent updates with
+/// `version` so a code can be used once even when two nodes verify it at the same moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChallengeRecord {
+    pub id: String,
+    pub state: String,
+    pub expires_at: OffsetDateTime,
+    pub version: u64,
+}
+
+/// How many failures lock a key, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockoutPolicy {
+    pub max_failures: u32,
+    pub lock_for: time::Duration,
+}
+
+/// Failure counter of one key (a login, a device, an IP, a staff account).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockState {
+    pub failures: u32,
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+impl LockState {
+    /// Whether the key is locked at `now`.
+    pub fn locked(&self, now: OffsetDateTime) -> bool {
+        self.locked_until.is_some_and(|until| now < until)
+    }
+
+    /// The state after one more failure at `now` (pure). A lock that has ended starts a
+    /// fresh count; reaching `max_failures` locks the key for `lock_for`.
+    pub fn after_failure(self, policy: LockoutPolicy, now: OffsetDateTime) -> LockState {
+        let fresh = self.locked_until.is_some_and(|until| now >= until);
+        let failures = if fresh {
+            1
+        } else {
+            self.failures.saturating_add(1)
+        };
+        let locked_until = if failures >= policy.max_failures {
+            Some(if self.locked(now) {
+                self.locked_until.unwrap_or(now + policy.lock_for)
+            } else {
+                now + policy.lock_for
+            })
+        } else if fresh {
+            None
+        } else {
+            self.locked_until
+        };
+        LockState {
+            failures,
+            locked_until,
+        }
+    }
+}
+
+/// One line of the audit log: every authentication event and every refused authorization.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    pub at: OffsetDateTime,
+    /// `login`, `login_refused`, `register`, `refresh_reuse`, `authz_refused` ...
+    pub kind: String,
+    /// Who acted: a customer id, a staff login, or "" when unknown.
+    pub actor: String,
+    /// What it was about (a session id, a path, a masked phone).
+    pub subject: String,
+    pub ip: String,
+    pub outcome: String,
+}
+
+/// A back-office account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaffAccount {
+    pub login: String,
+    /// `support`, `marketing`, `operations` or `security`.
+    pub role: String,
+    pub password_hash: String,
+    /// The TOTP secret (second factor).
+    pub totp_secret: Vec<u8>,
+}
+
+/// Credentials, sessions, challenges, lockouts, trusted devices, the audit log, staff
+/// accounts and platform secrets.
 #[async_trait]
 pub trait AuthStore: Send + Sync + 'static {
     async fn credential(&self, login: &str) -> Result<Option<Credential>, StoreError>;
@@ -133,7 +245,71 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn insert_credential(&self, credential: &Credential) -> Result<bool, StoreError>;
     async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
     async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Marks the session revoked (at `now`); twice is fine, an unknown id is `NotFound`.
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError>;
+    /// A customer's sessions that are not revoked, newest first (at most 100).
+    async fn sessions_of(&self, customer: &CustomerId) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Rotates the refresh token if, and only if, the session is live and its current hash is
+    /// `old_hash`: returns false otherwise (a reused or concurrently used token).
+    async fn rotate_refresh(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Sessions revoked at or after `since`: (session id, customer id). Fills a starting
+    /// node's revoked set so tokens of sessions revoked before it started stay refused.
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(String, CustomerId)>, StoreError>;
+    /// Replaces the password hash of an existing login (`NotFound` otherwise).
+    async fn set_password(&self, login: &str, password_hash: &str) -> Result<(), StoreError>;
+
+    async fn insert_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
+    async fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, StoreError>;
+    /// Replaces the state if the stored version is still `expected_version` (then bumps it);
+    /// returns whether it did.
+    async fn update_challenge(
+        &self,
+        id: &str,
+        expected_version: u64,
+        state: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The failure counter of `key` (default when none).
+    async fn lock_state(&self, key: &str) -> Result<LockState, StoreError>;
+    /// Atomically counts one failure of `key` under `policy`; returns the new state.
+    async fn record_failure(
+        &self,
+        key: &str,
+        policy: LockoutPolicy,
+        now: OffsetDateTime,
+    ) -> Result<LockState, StoreError>;
+    async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Remembers a device as trusted for the customer (idempotent). Device `*` trusts all.
+    async fn trust_device(
+        &self,
+        customer: &CustomerId,
+        device_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    async fn is_trusted_device(
+        &self,
+        customer: &CustomerId,
+        device_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Appends to the audit log (which has no update or delete).
+    async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The newest audit entries, newest first.
+    async fn audit_recent(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Inserts the account unless the login exists; returns whether it was inserted.
+    async fn insert_staff(&self, account: &StaffAccount) -> Result<bool, StoreError>;
+    async fn staff(&self, login: &str) -> Result<Option<StaffAccount>, StoreError>;
     /// Returns the secret stored under `name`, storing `candidate` first if there is none,
     /// so every node of a cluster ends up with the same value.
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
@@ -204,3 +380,35 @@ pub trait AbsStore: Send + Sync + 'static {
 /// Everything a node needs from its store.
 pub trait Store: JournalStore + AuthStore + AbsStore {}
 impl<T: JournalStore + AuthStore + AbsStore> Store for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockout_counts_locks_and_ends() {
+        let policy = LockoutPolicy {
+            max_failures: 3,
+            lock_for: time::Duration::seconds(60),
+        };
+        let t0 = OffsetDateTime::UNIX_EPOCH;
+        let mut state = LockState::default();
+        for n in 1..=2 {
+            state = state.after_failure(policy, t0);
+            assert_eq!(state.failures, n);
+            assert!(!state.locked(t0));
+        }
+        state = state.after_failure(policy, t0);
+        assert!(state.locked(t0));
+        assert!(state.locked(t0 + time::Duration::seconds(59)));
+        // More failures while locked do not extend the lock.
+        let again = state.after_failure(policy, t0 + time::Duration::seconds(30));
+        assert_eq!(again.locked_until, state.locked_until);
+        // After the lock: unlocked, and the next failure starts a fresh count.
+        let later = t0 + time::Duration::seconds(60);
+        assert!(!state.locked(later));
+        let fresh = state.after_failure(policy, later);
+        assert_eq!(fresh.failures, 1);
+        assert!(!fresh.locked(later));
+    }
+}

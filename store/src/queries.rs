@@ -13,9 +13,11 @@
 use std::collections::HashSet;
 
 use kernel::store::{
-    AbsCustomer, AbsPosting, AbsPostingResult, AbsProduct, Commit, Credential, CustomerRecord,
-    OutboxRow, SessionRecord, Snapshot, StoreError,
+    AbsCustomer, AbsPosting, AbsPostingResult, AbsProduct, AuditEntry, ChallengeRecord, Commit,
+    Credential, CustomerRecord, LockState, LockoutPolicy, OutboxRow, SessionRecord, Snapshot,
+    StaffAccount, StoreError,
 };
+use time::OffsetDateTime;
 use kernel::{CustomerId, FeedEvent};
 use sqlx::Row;
 
@@ -391,49 +393,145 @@ pub(crate) async fn insert_credential(
     Ok(inserted == 1)
 }
 
+const SESSION_COLUMNS: &str =
+    "id, customer_id, device_id, created_at_ms, revoked, refresh_hash, generation, last_used_at_ms";
+
 pub(crate) async fn create_session(
     c: &mut Conn,
     session: &SessionRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO sessions (id, customer_id, device_id, created_at_ms, revoked)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO sessions (id, customer_id, device_id, created_at_ms, revoked,
+             refresh_hash, generation, last_used_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&session.id)
     .bind(session.customer_id.as_str())
     .bind(&session.device_id)
     .bind(time_to_db(session.created_at)?)
     .bind(session.revoked)
+    .bind(&session.refresh_hash)
+    .bind(seq_to_db(session.generation)?)
+    .bind(time_to_db(session.last_used_at)?)
     .execute(&mut *c)
     .await
     .map_err(db_err)?;
     Ok(())
 }
 
-pub(crate) async fn session(c: &mut Conn, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, customer_id, device_id, created_at_ms, revoked FROM sessions WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *c)
-    .await
-    .map_err(db_err)?;
-    row.map(|row| {
-        Ok(SessionRecord {
-            id: col(&row, 0)?,
-            customer_id: customer_from_db(col(&row, 1)?)?,
-            device_id: col(&row, 2)?,
-            created_at: time_from_db(col(&row, 3)?)?,
-            revoked: col(&row, 4)?,
-        })
+fn session_from_row<R: Row>(row: &R) -> Result<SessionRecord, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(SessionRecord {
+        id: col(row, 0)?,
+        customer_id: customer_from_db(col(row, 1)?)?,
+        device_id: col(row, 2)?,
+        created_at: time_from_db(col(row, 3)?)?,
+        revoked: col(row, 4)?,
+        refresh_hash: col(row, 5)?,
+        generation: seq_from_db(col(row, 6)?)?,
+        last_used_at: time_from_db(col(row, 7)?)?,
     })
-    .transpose()
 }
 
-/// Revoking twice is fine; revoking an unknown session is `NotFound`.
-pub(crate) async fn revoke_session(c: &mut Conn, id: &str) -> Result<(), StoreError> {
-    let updated = sqlx::query("UPDATE sessions SET revoked = TRUE WHERE id = $1")
+pub(crate) async fn session(c: &mut Conn, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+    sqlx::query(&sql)
         .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
+}
+
+pub(crate) async fn sessions_of(
+    c: &mut Conn,
+    customer: &str,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE customer_id = $1 AND NOT revoked
+         ORDER BY created_at_ms DESC, id DESC LIMIT 100"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(customer)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err)?;
+    rows.iter().map(session_from_row).collect()
+}
+
+/// Revoking twice is fine (the first time is kept); revoking an unknown session is `NotFound`.
+pub(crate) async fn revoke_session(c: &mut Conn, id: &str) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE sessions SET revoked = TRUE, revoked_at_ms = COALESCE(revoked_at_ms, $2)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(time_to_db(kernel::now())?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Compare-and-swap on the refresh hash: of two uses of one token, one wins.
+pub(crate) async fn rotate_refresh(
+    c: &mut Conn,
+    id: &str,
+    old_hash: &str,
+    new_hash: &str,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE sessions SET refresh_hash = $3, generation = generation + 1, last_used_at_ms = $4
+         WHERE id = $1 AND refresh_hash = $2 AND refresh_hash <> '' AND NOT revoked",
+    )
+    .bind(id)
+    .bind(old_hash)
+    .bind(new_hash)
+    .bind(time_to_db(now)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+pub(crate) async fn revoked_since(
+    c: &mut Conn,
+    since: OffsetDateTime,
+) -> Result<Vec<(String, CustomerId)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, customer_id FROM sessions WHERE revoked_at_ms >= $1
+         ORDER BY revoked_at_ms DESC LIMIT 1000000",
+    )
+    .bind(time_to_db(since)?)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| Ok((col(row, 0)?, customer_from_db(col(row, 1)?)?)))
+        .collect()
+}
+
+pub(crate) async fn set_password(
+    c: &mut Conn,
+    login: &str,
+    password_hash: &str,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query("UPDATE credentials SET password_hash = $2 WHERE login = $1")
+        .bind(login)
+        .bind(password_hash)
         .execute(&mut *c)
         .await
         .map_err(db_err)?
@@ -442,6 +540,234 @@ pub(crate) async fn revoke_session(c: &mut Conn, id: &str) -> Result<(), StoreEr
         return Err(StoreError::NotFound);
     }
     Ok(())
+}
+
+// ---- challenges, lockouts, devices, audit, staff --------------------------------------
+
+pub(crate) async fn insert_challenge(
+    c: &mut Conn,
+    challenge: &ChallengeRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO challenges (id, state, expires_at_ms, version) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&challenge.id)
+    .bind(&challenge.state)
+    .bind(time_to_db(challenge.expires_at)?)
+    .bind(seq_to_db(challenge.version)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    // Housekeeping: challenges long past their life are of no use to anyone.
+    sqlx::query("DELETE FROM challenges WHERE expires_at_ms < $1")
+        .bind(time_to_db(kernel::now() - time::Duration::days(1))?)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn challenge(
+    c: &mut Conn,
+    id: &str,
+) -> Result<Option<ChallengeRecord>, StoreError> {
+    let row =
+        sqlx::query("SELECT id, state, expires_at_ms, version FROM challenges WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(db_err)?;
+    row.map(|row| {
+        Ok(ChallengeRecord {
+            id: col(&row, 0)?,
+            state: col(&row, 1)?,
+            expires_at: time_from_db(col(&row, 2)?)?,
+            version: seq_from_db(col(&row, 3)?)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn update_challenge(
+    c: &mut Conn,
+    id: &str,
+    expected_version: u64,
+    state: &str,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE challenges SET state = $3, version = version + 1 WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(seq_to_db(expected_version)?)
+    .bind(state)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+pub(crate) async fn lock_state(c: &mut Conn, key: &str) -> Result<LockState, StoreError> {
+    let sql = format!("SELECT failures, locked_until_ms FROM auth_failures WHERE key = $1{FOR_UPDATE}");
+    let row = sqlx::query(&sql)
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?;
+    let Some(row) = row else {
+        return Ok(LockState::default());
+    };
+    let failures: i64 = col(&row, 0)?;
+    let locked_until: Option<i64> = col(&row, 1)?;
+    Ok(LockState {
+        failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        locked_until: locked_until.map(time_from_db).transpose()?,
+    })
+}
+
+/// Read, apply the pure policy, write: atomic because the row is created first and then
+/// locked (PostgreSQL) or the single writer holds the database (SQLite).
+pub(crate) async fn record_failure(
+    c: &mut Conn,
+    key: &str,
+    policy: LockoutPolicy,
+    now: OffsetDateTime,
+) -> Result<LockState, StoreError> {
+    sqlx::query(
+        "INSERT INTO auth_failures (key, failures, locked_until_ms) VALUES ($1, 0, NULL)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    let next = lock_state(c, key).await?.after_failure(policy, now);
+    sqlx::query("UPDATE auth_failures SET failures = $2, locked_until_ms = $3 WHERE key = $1")
+        .bind(key)
+        .bind(i64::from(next.failures))
+        .bind(next.locked_until.map(time_to_db).transpose()?)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    Ok(next)
+}
+
+pub(crate) async fn clear_failures(c: &mut Conn, key: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM auth_failures WHERE key = $1")
+        .bind(key)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn trust_device(
+    c: &mut Conn,
+    customer: &str,
+    device_id: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO trusted_devices (customer_id, device_id, created_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (customer_id, device_id) DO NOTHING",
+    )
+    .bind(customer)
+    .bind(device_id)
+    .bind(time_to_db(now)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn is_trusted_device(
+    c: &mut Conn,
+    customer: &str,
+    device_id: &str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "SELECT 1 FROM trusted_devices WHERE customer_id = $1 AND device_id IN ($2, '*')",
+    )
+    .bind(customer)
+    .bind(device_id)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
+pub(crate) async fn audit_append(c: &mut Conn, entry: &AuditEntry) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at_ms, kind, actor, subject, ip, outcome)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(time_to_db(entry.at)?)
+    .bind(&entry.kind)
+    .bind(&entry.actor)
+    .bind(&entry.subject)
+    .bind(&entry.ip)
+    .bind(&entry.outcome)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn audit_recent(c: &mut Conn, max: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT at_ms, kind, actor, subject, ip, outcome FROM audit_log ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit(max))
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                at: time_from_db(col(row, 0)?)?,
+                kind: col(row, 1)?,
+                actor: col(row, 2)?,
+                subject: col(row, 3)?,
+                ip: col(row, 4)?,
+                outcome: col(row, 5)?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn insert_staff(c: &mut Conn, account: &StaffAccount) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO staff_accounts (login, role, password_hash, totp_secret) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (login) DO NOTHING",
+    )
+    .bind(&account.login)
+    .bind(&account.role)
+    .bind(&account.password_hash)
+    .bind(&account.totp_secret)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+pub(crate) async fn staff(c: &mut Conn, login: &str) -> Result<Option<StaffAccount>, StoreError> {
+    let row = sqlx::query(
+        "SELECT login, role, password_hash, totp_secret FROM staff_accounts WHERE login = $1",
+    )
+    .bind(login)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    row.map(|row| {
+        Ok(StaffAccount {
+            login: col(&row, 0)?,
+            role: col(&row, 1)?,
+            password_hash: col(&row, 2)?,
+            totp_secret: col(&row, 3)?,
+        })
+    })
+    .transpose()
 }
 
 /// Get-or-insert. `ON CONFLICT DO NOTHING` makes a racing insert wait for the winner and then

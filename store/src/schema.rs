@@ -14,8 +14,8 @@ use sqlx::{Connection, Executor as _, PgConnection, SqliteConnection};
 
 use crate::convert::{db_err, time_to_db};
 
-const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1)];
-const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1)];
+const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1), (2, SQLITE_V2)];
+const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1), (2, POSTGRES_V2)];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
 const PG_MIGRATION_LOCK: i64 = 0x4152_4241_545f_4d31; // "ARBAT_M1"
@@ -176,6 +176,100 @@ CREATE TABLE abs_postings (
     counterparty TEXT
 );
 CREATE INDEX abs_postings_account ON abs_postings (account_id, at_ms);
+"#;
+
+/// The Access Manager: refresh rotation on sessions, challenges, lockout counters, trusted
+/// devices, staff accounts and the append-only audit log.
+const SQLITE_V2: &str = r#"
+ALTER TABLE sessions ADD COLUMN refresh_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN last_used_at_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN revoked_at_ms BIGINT;
+CREATE INDEX sessions_revoked_at ON sessions (revoked_at_ms);
+CREATE TABLE challenges (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE INDEX challenges_expiry ON challenges (expires_at_ms);
+CREATE TABLE auth_failures (
+    key TEXT PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    locked_until_ms BIGINT
+);
+CREATE TABLE trusted_devices (
+    customer_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, device_id)
+);
+CREATE TABLE staff_accounts (
+    login TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    totp_secret BLOB NOT NULL
+);
+-- Append-only: the database itself refuses to change or remove an entry.
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+"#;
+
+const POSTGRES_V2: &str = r#"
+ALTER TABLE sessions ADD COLUMN refresh_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN last_used_at_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN revoked_at_ms BIGINT;
+CREATE INDEX sessions_revoked_at ON sessions (revoked_at_ms);
+CREATE TABLE challenges (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE INDEX challenges_expiry ON challenges (expires_at_ms);
+CREATE TABLE auth_failures (
+    key TEXT PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    locked_until_ms BIGINT
+);
+CREATE TABLE trusted_devices (
+    customer_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, device_id)
+);
+CREATE TABLE staff_accounts (
+    login TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    totp_secret BYTEA NOT NULL
+);
+-- Append-only: the database itself refuses to change or remove an entry.
+CREATE TABLE audit_log (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
+CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

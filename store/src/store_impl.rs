@@ -146,6 +146,170 @@ impl kernel::store::AuthStore for Backend {
             .await
     }
 
+    async fn sessions_of(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<Vec<kernel::store::SessionRecord>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::sessions_of(c, &customer).await }))
+            .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let (id, old_hash, new_hash) = (id.to_owned(), old_hash.to_owned(), new_hash.to_owned());
+        self.write(move |c| {
+            Box::pin(async move { queries::rotate_refresh(c, &id, &old_hash, &new_hash, now).await })
+        })
+        .await
+    }
+
+    async fn revoked_since(
+        &self,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<(String, kernel::CustomerId)>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::revoked_since(c, since).await }))
+            .await
+    }
+
+    async fn set_password(
+        &self,
+        login: &str,
+        password_hash: &str,
+    ) -> Result<(), kernel::store::StoreError> {
+        let (login, hash) = (login.to_owned(), password_hash.to_owned());
+        self.write(move |c| Box::pin(async move { queries::set_password(c, &login, &hash).await }))
+            .await
+    }
+
+    async fn insert_challenge(
+        &self,
+        challenge: &kernel::store::ChallengeRecord,
+    ) -> Result<(), kernel::store::StoreError> {
+        let challenge = challenge.clone();
+        self.write(move |c| {
+            Box::pin(async move { queries::insert_challenge(c, &challenge).await })
+        })
+        .await
+    }
+
+    async fn challenge(
+        &self,
+        id: &str,
+    ) -> Result<Option<kernel::store::ChallengeRecord>, kernel::store::StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| Box::pin(async move { queries::challenge(c, &id).await }))
+            .await
+    }
+
+    async fn update_challenge(
+        &self,
+        id: &str,
+        expected_version: u64,
+        state: &str,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let (id, state) = (id.to_owned(), state.to_owned());
+        self.write(move |c| {
+            Box::pin(
+                async move { queries::update_challenge(c, &id, expected_version, &state).await },
+            )
+        })
+        .await
+    }
+
+    async fn lock_state(
+        &self,
+        key: &str,
+    ) -> Result<kernel::store::LockState, kernel::store::StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| Box::pin(async move { queries::lock_state(c, &key).await }))
+            .await
+    }
+
+    async fn record_failure(
+        &self,
+        key: &str,
+        policy: kernel::store::LockoutPolicy,
+        now: time::OffsetDateTime,
+    ) -> Result<kernel::store::LockState, kernel::store::StoreError> {
+        let key = key.to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::record_failure(c, &key, policy, now).await })
+        })
+        .await
+    }
+
+    async fn clear_failures(&self, key: &str) -> Result<(), kernel::store::StoreError> {
+        let key = key.to_owned();
+        self.write(move |c| Box::pin(async move { queries::clear_failures(c, &key).await }))
+            .await
+    }
+
+    async fn trust_device(
+        &self,
+        customer: &kernel::CustomerId,
+        device_id: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<(), kernel::store::StoreError> {
+        let (customer, device) = (customer.as_str().to_owned(), device_id.to_owned());
+        self.write(move |c| {
+            Box::pin(async move { queries::trust_device(c, &customer, &device, now).await })
+        })
+        .await
+    }
+
+    async fn is_trusted_device(
+        &self,
+        customer: &kernel::CustomerId,
+        device_id: &str,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let (customer, device) = (customer.as_str().to_owned(), device_id.to_owned());
+        self.read(move |c| {
+            Box::pin(async move { queries::is_trusted_device(c, &customer, &device).await })
+        })
+        .await
+    }
+
+    async fn audit_append(
+        &self,
+        entry: &kernel::store::AuditEntry,
+    ) -> Result<(), kernel::store::StoreError> {
+        let entry = entry.clone();
+        self.write(move |c| Box::pin(async move { queries::audit_append(c, &entry).await }))
+            .await
+    }
+
+    async fn audit_recent(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<kernel::store::AuditEntry>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::audit_recent(c, limit).await }))
+            .await
+    }
+
+    async fn insert_staff(
+        &self,
+        account: &kernel::store::StaffAccount,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let account = account.clone();
+        self.write(move |c| Box::pin(async move { queries::insert_staff(c, &account).await }))
+            .await
+    }
+
+    async fn staff(
+        &self,
+        login: &str,
+    ) -> Result<Option<kernel::store::StaffAccount>, kernel::store::StoreError> {
+        let login = login.to_owned();
+        self.read(move |c| Box::pin(async move { queries::staff(c, &login).await }))
+            .await
+    }
+
     async fn secret(
         &self,
         name: &str,

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kernel::store::{
-    AbsCustomer, AbsPosting, AbsProduct, Commit, Credential, JournalStore, OutboxMessage,
-    SessionRecord, Snapshot, Store, StoreError,
+    AbsCustomer, AbsPosting, AbsProduct, AuditEntry, ChallengeRecord, Commit, Credential,
+    JournalStore, LockoutPolicy, OutboxMessage, SessionRecord, Snapshot, StaffAccount, Store,
+    StoreError,
 };
 use kernel::{CustomerId, FeedEvent};
 use serde_json::json;
@@ -102,6 +103,14 @@ conformance!(
     concurrent_commits_for_many_customers_all_land,
     credentials_insert_once,
     sessions_create_read_revoke,
+    refresh_rotation_is_compare_and_swap,
+    sessions_of_lists_live_sessions_and_revoked_since_finds_revoked,
+    challenges_update_once_per_version,
+    lockout_counts_atomically_and_clears,
+    trusted_devices_and_wildcard,
+    audit_log_is_append_only,
+    staff_accounts_insert_once,
+    password_can_be_changed,
     secret_get_or_insert_under_concurrency,
     abs_seed_is_idempotent,
     abs_post_moves_money,
@@ -546,13 +555,13 @@ async fn credentials_insert_once(store: Arc<dyn Store>) {
 }
 
 async fn sessions_create_read_revoke(store: Arc<dyn Store>) {
-    let session = SessionRecord {
-        id: "s1".into(),
-        customer_id: cid("c1"),
-        device_id: "d1".into(),
-        created_at: kernel::now(),
-        revoked: false,
-    };
+    let session = SessionRecord::new(
+        "s1".into(),
+        cid("c1"),
+        "d1".into(),
+        "h0".into(),
+        kernel::now(),
+    );
     assert_eq!(store.session("s1").await.unwrap(), None);
     store.create_session(&session).await.unwrap();
     assert_eq!(
@@ -571,6 +580,205 @@ async fn sessions_create_read_revoke(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store.revoke_session("nope").await,
+        Err(StoreError::NotFound)
+    );
+}
+
+async fn refresh_rotation_is_compare_and_swap(store: Arc<dyn Store>) {
+    let now = kernel::now();
+    let session = SessionRecord::new("s1".into(), cid("c1"), "d1".into(), "h0".into(), now);
+    store.create_session(&session).await.unwrap();
+    let later = now + time::Duration::seconds(5);
+    // Concurrent uses of one refresh token: exactly one rotates.
+    let mut tasks = JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .rotate_refresh("s1", "h0", &format!("h1-{n}"), later)
+                .await
+                .unwrap()
+        });
+    }
+    let mut won = 0;
+    while let Some(result) = tasks.join_next().await {
+        won += usize::from(result.unwrap());
+    }
+    assert_eq!(won, 1);
+    let stored = store.session("s1").await.unwrap().unwrap();
+    assert_eq!(stored.generation, 1);
+    assert_eq!(stored.last_used_at, later);
+    assert!(stored.refresh_hash.starts_with("h1-"));
+    // The old token again: refused.
+    assert!(!store.rotate_refresh("s1", "h0", "h2", later).await.unwrap());
+    // A revoked session never rotates.
+    store.revoke_session("s1").await.unwrap();
+    assert!(
+        !store
+            .rotate_refresh("s1", &stored.refresh_hash, "h2", later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_refresh("nope", "h0", "h2", later)
+            .await
+            .unwrap()
+    );
+}
+
+async fn sessions_of_lists_live_sessions_and_revoked_since_finds_revoked(store: Arc<dyn Store>) {
+    let t0 = kernel::now();
+    for (n, customer) in [(1, "c1"), (2, "c1"), (3, "c2")] {
+        let at = t0 + time::Duration::seconds(n);
+        let session =
+            SessionRecord::new(format!("s{n}"), cid(customer), "d".into(), "h".into(), at);
+        store.create_session(&session).await.unwrap();
+    }
+    let ids = |list: Vec<SessionRecord>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.sessions_of(&cid("c1")).await.unwrap()),
+        ["s2", "s1"]
+    );
+    store.revoke_session("s2").await.unwrap();
+    assert_eq!(ids(store.sessions_of(&cid("c1")).await.unwrap()), ["s1"]);
+    assert_eq!(
+        ids(store.sessions_of(&cid("c9")).await.unwrap()),
+        Vec::<String>::new()
+    );
+    let revoked = store
+        .revoked_since(t0 - time::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![("s2".to_owned(), cid("c1"))]);
+    let future = kernel::now() + time::Duration::hours(1);
+    assert!(store.revoked_since(future).await.unwrap().is_empty());
+}
+
+async fn challenges_update_once_per_version(store: Arc<dyn Store>) {
+    let record = ChallengeRecord {
+        id: "ch1".into(),
+        state: r#"{"a":1}"#.into(),
+        expires_at: kernel::now() + time::Duration::minutes(5),
+        version: 0,
+    };
+    assert_eq!(store.challenge("ch1").await.unwrap(), None);
+    store.insert_challenge(&record).await.unwrap();
+    assert_eq!(
+        store.insert_challenge(&record).await,
+        Err(StoreError::Duplicate)
+    );
+    assert_eq!(store.challenge("ch1").await.unwrap(), Some(record.clone()));
+    let mut tasks = JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .update_challenge("ch1", 0, &format!(r#"{{"a":{n}}}"#))
+                .await
+                .unwrap()
+        });
+    }
+    let mut won = 0;
+    while let Some(result) = tasks.join_next().await {
+        won += usize::from(result.unwrap());
+    }
+    assert_eq!(won, 1, "one writer per version");
+    let stored = store.challenge("ch1").await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert!(!store.update_challenge("ch1", 0, "{}").await.unwrap());
+    assert!(!store.update_challenge("nope", 0, "{}").await.unwrap());
+}
+
+async fn lockout_counts_atomically_and_clears(store: Arc<dyn Store>) {
+    let policy = LockoutPolicy {
+        max_failures: 5,
+        lock_for: time::Duration::minutes(15),
+    };
+    let now = kernel::now();
+    assert_eq!(store.lock_state("login:x").await.unwrap().failures, 0);
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.spawn(async move { store.record_failure("login:x", policy, now).await.unwrap() });
+    }
+    while tasks.join_next().await.is_some() {}
+    let state = store.lock_state("login:x").await.unwrap();
+    assert_eq!(state.failures, 4, "no failure is lost to a race");
+    assert!(!state.locked(now));
+    let state = store.record_failure("login:x", policy, now).await.unwrap();
+    assert!(state.locked(now));
+    assert_eq!(store.lock_state("login:x").await.unwrap(), state);
+    assert_eq!(store.lock_state("login:y").await.unwrap().failures, 0);
+    store.clear_failures("login:x").await.unwrap();
+    assert!(!store.lock_state("login:x").await.unwrap().locked(now));
+}
+
+async fn trusted_devices_and_wildcard(store: Arc<dyn Store>) {
+    let now = kernel::now();
+    assert!(!store.is_trusted_device(&cid("c1"), "d1").await.unwrap());
+    store.trust_device(&cid("c1"), "d1", now).await.unwrap();
+    store.trust_device(&cid("c1"), "d1", now).await.unwrap();
+    assert!(store.is_trusted_device(&cid("c1"), "d1").await.unwrap());
+    assert!(!store.is_trusted_device(&cid("c1"), "d2").await.unwrap());
+    assert!(!store.is_trusted_device(&cid("c2"), "d1").await.unwrap());
+    store.trust_device(&cid("c2"), "*", now).await.unwrap();
+    assert!(store.is_trusted_device(&cid("c2"), "any").await.unwrap());
+}
+
+async fn audit_log_is_append_only(store: Arc<dyn Store>) {
+    for n in 0..3 {
+        let entry = AuditEntry {
+            at: kernel::now(),
+            kind: format!("k{n}"),
+            actor: "c1".into(),
+            subject: "s1".into(),
+            ip: "127.0.0.1".into(),
+            outcome: "ok".into(),
+        };
+        store.audit_append(&entry).await.unwrap();
+    }
+    let recent = store.audit_recent(2).await.unwrap();
+    let kinds: Vec<_> = recent.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["k2", "k1"]);
+}
+
+async fn staff_accounts_insert_once(store: Arc<dyn Store>) {
+    let account = StaffAccount {
+        login: "alice".into(),
+        role: "support".into(),
+        password_hash: "$argon2id$x".into(),
+        totp_secret: vec![1, 2, 3],
+    };
+    assert_eq!(store.staff("alice").await.unwrap(), None);
+    assert!(store.insert_staff(&account).await.unwrap());
+    let other = StaffAccount {
+        role: "security".into(),
+        ..account.clone()
+    };
+    assert!(!store.insert_staff(&other).await.unwrap());
+    assert_eq!(store.staff("alice").await.unwrap(), Some(account));
+}
+
+async fn password_can_be_changed(store: Arc<dyn Store>) {
+    let credential = Credential {
+        login: "+79990000001".into(),
+        customer_id: cid("c1"),
+        password_hash: "old".into(),
+    };
+    store.insert_credential(&credential).await.unwrap();
+    store.set_password(&credential.login, "new").await.unwrap();
+    assert_eq!(
+        store
+            .credential(&credential.login)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new"
+    );
+    assert_eq!(
+        store.set_password("+70000000000", "x").await,
         Err(StoreError::NotFound)
     );
 }

@@ -265,6 +265,16 @@ impl Client {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.http.delete(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// A posting in the reference ABS (it publishes transaction_posted + balance_changed).
     pub async fn abs_post(&self, id: &str, account: &str, amount: &str) -> anyhow::Result<Value> {
         let body = json!({"id": id, "account_id": account, "amount": {"amount": amount, "currency": "RUB"}, "description": format!("e2e {id}")});
@@ -568,12 +578,46 @@ impl SmsGateway {
     pub fn messages(&self) -> Vec<Value> {
         self.received.lock().map(|m| m.clone()).unwrap_or_default()
     }
+
+    /// The newest one-time code sent to `phone` after `skip` earlier messages to it.
+    pub async fn code_for(&self, phone: &str, skip: usize) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let codes: Vec<String> = self
+                .messages()
+                .iter()
+                .filter(|m| m["to"] == phone)
+                .filter_map(|m| six_digits(m["text"].as_str()?))
+                .collect();
+            if codes.len() > skip {
+                return Ok(codes[codes.len() - 1].clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no code for {phone} (after {skip})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many messages went to `phone`.
+    pub fn count_to(&self, phone: &str) -> usize {
+        self.messages().iter().filter(|m| m["to"] == phone).count()
+    }
 }
 
 impl Drop for SmsGateway {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The code in a code SMS ("Arbat: code 123456 (...)" or "Arbat: код 123456 (...)").
+fn six_digits(text: &str) -> Option<String> {
+    let start = ["code ", "код "]
+        .iter()
+        .find_map(|marker| text.find(marker).map(|at| at + marker.len()))?;
+    let code: String = text[start..].chars().take(6).collect();
+    (code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())).then_some(code)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -51,10 +51,14 @@ fn business(feed: &[serde_json::Value]) -> Vec<&str> {
 /// feed's seqs are settled before the test checks a replay.
 async fn notified(client: &tests::Client, token: &str, count: usize) -> Vec<serde_json::Value> {
     // Generous: delivery is asynchronous and retried with backoff on a busy machine.
-    tests::eventually("notifications are delivered", Duration::from_secs(45), || async {
-        let feed = client.whole_feed(token).await.ok()?;
-        (accepted_notifications(&feed).len() >= count).then_some(feed)
-    })
+    tests::eventually(
+        "notifications are delivered",
+        Duration::from_secs(45),
+        || async {
+            let feed = client.whole_feed(token).await.ok()?;
+            (accepted_notifications(&feed).len() >= count).then_some(feed)
+        },
+    )
     .await
 }
 

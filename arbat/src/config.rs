@@ -77,6 +77,14 @@ pub struct RawSettings {
     /// Actor threads (arbiters) [default: number of cores].
     #[arg(long, env = "ARBAT_ACTOR_THREADS")]
     pub actor_threads: Option<String>,
+    /// Folder of Operation Studio definitions (`<id>.toml` + `<id>.toml.sig`)
+    /// [default: ./operations].
+    #[arg(long, env = "ARBAT_OPERATIONS_DIR")]
+    pub operations_dir: Option<PathBuf>,
+    /// Ed25519 public key (base64) that signs the definitions [default: the shipped
+    /// development key, with a warning].
+    #[arg(long, env = "ARBAT_OPERATIONS_KEY")]
+    pub operations_key: Option<String>,
 }
 
 impl RawSettings {
@@ -99,6 +107,8 @@ impl RawSettings {
             ws_live_buffer: self.ws_live_buffer.or(other.ws_live_buffer),
             grace_period_ms: self.grace_period_ms.or(other.grace_period_ms),
             actor_threads: self.actor_threads.or(other.actor_threads),
+            operations_dir: self.operations_dir.or(other.operations_dir),
+            operations_key: self.operations_key.or(other.operations_key),
         }
     }
 }
@@ -131,7 +141,14 @@ pub struct Config {
     pub gateway: channels::GatewayConfig,
     /// Notification providers, from the environment names of API.md.
     pub notifier: notifier::NotifierConfig,
+    pub operations_dir: PathBuf,
+    /// Base64 Ed25519 public key of the definitions; `None`: the development key.
+    pub operations_key: Option<String>,
 }
+
+/// The development key pair's public half (operations/dev-signing.key signs the shipped
+/// definitions; never use it in production).
+pub const DEV_OPERATIONS_KEY: &str = include_str!("../../operations/dev-public.key");
 
 fn number<T>(
     setting: &'static str,
@@ -306,7 +323,19 @@ impl Config {
             )?,
             ..channels::GatewayConfig::default()
         };
+        let operations_key = match empty(raw.operations_key) {
+            Some(key) => {
+                channels::studio::parse_public_key(&key)
+                    .map_err(|reason| invalid("operations-key", reason))?;
+                Some(key)
+            }
+            None => None,
+        };
         Ok(Config {
+            operations_dir: raw
+                .operations_dir
+                .unwrap_or_else(|| PathBuf::from("./operations")),
+            operations_key,
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             demo: boolean("demo", raw.demo.as_deref(), embedded)?,

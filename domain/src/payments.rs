@@ -223,15 +223,6 @@ impl CustomerState {
             .minor
             .checked_add(order.fee.minor)
             .ok_or(PaymentRejection::InvalidAmount)?;
-        let overdraft = account
-            .details
-            .get("overdraft_minor")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            .abs();
-        if balance.minor.saturating_add(overdraft) < total {
-            return Err(PaymentRejection::InsufficientFunds);
-        }
         let amount = order.amount;
         let applies = |limit: &Option<Money>| limit.filter(|l| l.currency == amount.currency);
         if let Some(max) = applies(&order.limits.per_payment)
@@ -260,6 +251,15 @@ impl CustomerState {
             return Err(PaymentRejection::LimitExceeded(format!(
                 "at most {max} a day in all"
             )));
+        }
+        let overdraft = account
+            .details
+            .get("overdraft_minor")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .abs();
+        if balance.minor.saturating_add(overdraft) < total {
+            return Err(PaymentRejection::InsufficientFunds);
         }
         Ok(PaymentCheck::Proceed)
     }

@@ -265,3 +265,37 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> std::io::Result<usize> {
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_definitions_verify_and_tampered_ones_do_not() {
+        let (secret, public) = key_pair([7u8; 32]);
+        let signing = parse_signing_key(&secret).unwrap();
+        let key = parse_public_key(&public).unwrap();
+        let text = b"id = \"x\"\n";
+        let signature = sign(text, &signing);
+        assert!(verify(text, &signature, &key).is_ok());
+        assert!(verify(b"id = \"y\"\n", &signature, &key).is_err());
+        let (_, other) = key_pair([8u8; 32]);
+        assert!(verify(text, &signature, &parse_public_key(&other).unwrap()).is_err());
+        assert!(verify(text, "not base64!", &key).is_err());
+        assert!(verify(text, "AAAA", &key).is_err());
+        assert!(parse_public_key("AAAA").is_err());
+    }
+
+    #[test]
+    fn the_shipped_folder_loads_with_the_dev_key_only() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../operations"));
+        let dev = std::fs::read_to_string(dir.join("dev-public.key")).unwrap();
+        let loaded = load_dir(dir, &parse_public_key(&dev).unwrap());
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        assert!(loaded.definitions.len() >= 6);
+        let (_, other) = key_pair([9u8; 32]);
+        let refused = load_dir(dir, &parse_public_key(&other).unwrap());
+        assert!(refused.definitions.is_empty());
+        assert!(refused.problems.iter().all(|p| p.field == "(signature)"));
+    }
+}

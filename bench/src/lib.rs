@@ -389,6 +389,7 @@ async fn live_target(
         },
         Mode::Rate(0.0),
     ];
+    #[allow(clippy::explicit_counter_loop)]
     for mode in plans {
         let mode = match mode {
             Mode::Rate(_) => {

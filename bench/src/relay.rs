@@ -144,6 +144,8 @@ fn server_config() -> WebSocketConfig {
         .max_frame_size(Some(4 * 1024))
 }
 
+// The handshake callback's signature is tungstenite's; its error type is not ours to box.
+#[allow(clippy::result_large_err)]
 async fn socket(stream: TcpStream, relay: Arc<Relay>) {
     let _ = stream.set_nodelay(true);
     let mut customer: Option<String> = None;

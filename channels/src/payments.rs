@@ -35,7 +35,7 @@ use crate::problem::Problem;
 pub const CONVERSION: &str = "conversion";
 
 /// What every customer may move per day in all (RUB), on top of the operations' limits.
-pub const CUSTOMER_DAILY_LIMIT_RUB: i64 = 1_000_000_00;
+pub const CUSTOMER_DAILY_LIMIT_RUB: i64 = 100_000_000;
 
 fn language(headers: &HeaderMap) -> &'static str {
     let accept = headers

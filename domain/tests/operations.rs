@@ -1,5 +1,8 @@
 //! Every Operation Studio validation error, named by file and field; request fields checked
-//! against a definition; payment checks (idempotency, ownership, limits) as data.
+//! against a definition.
+
+// Amounts are written as major_minor (`120_50` is 120.50) so they read like money.
+#![allow(clippy::inconsistent_digit_grouping)]
 
 use domain::operations::Definition;
 

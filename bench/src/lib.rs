@@ -710,7 +710,7 @@ mod tests {
         let words: Vec<String> = line
             .split_whitespace()
             .skip_while(|w| *w != "arbat")
-            .skip(1)
+            .skip(2)
             .map(|w| w.trim_matches('\'').to_owned())
             .collect();
         let again = Cli::try_parse_from(std::iter::once("bench".to_owned()).chain(words)).unwrap();

@@ -47,6 +47,67 @@ const NAMES: [&str; 8] = [
     "Ivan Morozov",
 ];
 
+/// The account id behind a demo account number (`40817810` + 12 digits of `n`).
+pub fn account_by_number(number: &str) -> Option<String> {
+    let digits = number.strip_prefix("40817810")?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    (1..=999_999).contains(&n).then(|| format!("a{n:06}"))
+}
+
+/// The bank's own customer record, holding its internal accounts.
+pub fn bank_id() -> CustomerId {
+    CustomerId::parse("bank").unwrap_or_else(|_| unreachable_id())
+}
+
+/// Settlement accounts of the demo billers (RUB).
+pub const SETTLEMENT_ACCOUNTS: [(&str, &str); 3] = [
+    ("settle-mobile", "Mobile operators"),
+    ("settle-utility", "Utility billers"),
+    ("settle-tax", "Federal Treasury"),
+];
+
+/// The bank's internal accounts: fee income and FX position per currency, settlement with
+/// billers. No floor: the bank's own accounts may go negative.
+pub fn bank() -> (AbsCustomer, Vec<AbsProduct>) {
+    let id = bank_id();
+    let customer = AbsCustomer {
+        id: id.clone(),
+        phone: "+70000000000".into(),
+        name: "Arbat Bank".into(),
+        language: "en".into(),
+    };
+    let internal = |account: String, title: &str, currency: &str| AbsProduct {
+        id: account,
+        customer_id: id.clone(),
+        kind: "internal".into(),
+        title: title.into(),
+        status: "active".into(),
+        currency: currency.into(),
+        balance_minor: 0,
+        details: json!({}),
+    };
+    let mut products = vec![];
+    for currency in ["RUB", "USD", "EUR"] {
+        products.push(internal(
+            format!("income-{currency}"),
+            "Fee income",
+            currency,
+        ));
+        products.push(internal(
+            format!("pos-{currency}"),
+            "Currency position",
+            currency,
+        ));
+    }
+    for (account, title) in SETTLEMENT_ACCOUNTS {
+        products.push(internal(account.into(), title, "RUB"));
+    }
+    (customer, products)
+}
+
 /// Customer `n` with its products.
 pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
     let id = customer_id(n);
@@ -75,6 +136,16 @@ pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
             15_000_000 + i64::from(n) * 100,
             json!({"number": format!("40817810{n:012}")}),
         ),
+        AbsProduct {
+            currency: "USD".to_owned(),
+            ..product(
+                "u",
+                "account",
+                "Dollar account",
+                100_000,
+                json!({"number": format!("40817840{n:012}")}),
+            )
+        },
         product(
             "k",
             "card",
@@ -102,6 +173,8 @@ pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
 
 /// Seeds every demo customer unless present; returns how many were new.
 pub async fn seed(store: &dyn AbsStore) -> Result<u32, StoreError> {
+    let (bank, accounts) = bank();
+    store.abs_seed(&bank, &accounts).await?;
     let mut inserted = 0;
     for n in 1..=ABS_CUSTOMERS {
         let (customer, products) = customer(n);

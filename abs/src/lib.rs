@@ -7,8 +7,13 @@
 //!   changes through a [`ChangeSink`] exactly as a bank's ABS adapter would, and the
 //!   request/reply commands on `abs.cmd.*` that customer actors use at first activation.
 //!
-//! The ABS keeps its own tables in the node's store ([`AbsStore`]); the full double-entry
-//! ledger comes with the payments work.
+//! - [`ledger`]: the double-entry rules as a pure core (balanced posting sets, floors,
+//!   holds, fees, FX rounding), property-tested; the store writes the same rules atomically.
+//! - payments.rs: `abs.cmd.payment`, a payment order turned into a balanced transfer and
+//!   published as Cache Control changes to every customer it touches.
+//! - [`rates`]: buy/sell rates per currency pair.
+//!
+//! The ABS keeps its own tables in the node's store ([`AbsStore`]).
 
 use std::sync::Arc;
 
@@ -23,6 +28,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub mod demo;
+pub mod ledger;
+mod payments;
+pub mod rates;
+
+pub use payments::{income_account, position_account};
 
 /// A posting request as the admin endpoint and the CLI send it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,11 +85,24 @@ impl AbsError {
 pub struct Abs {
     store: Arc<dyn Store>,
     sink: Arc<dyn ChangeSink>,
+    rates: Arc<Vec<ledger::Rate>>,
 }
+
+/// Commands served at once per node; more wait on the bus.
+const COMMAND_CONCURRENCY: usize = 256;
 
 impl Abs {
     pub fn new(store: Arc<dyn Store>, sink: Arc<dyn ChangeSink>) -> Self {
-        Self { store, sink }
+        Self {
+            store,
+            sink,
+            rates: Arc::new(rates::demo_rates()),
+        }
+    }
+
+    /// The rates the bank quotes.
+    pub fn rates(&self) -> &[ledger::Rate] {
+        &self.rates
     }
 
     /// Posts to an account and publishes `transaction_posted` and `balance_changed`.
@@ -175,22 +198,51 @@ impl Abs {
         }))
     }
 
-    /// Answers `abs.cmd.customer.get` on the bus until the bus closes. Every node runs it
-    /// in a queue group, so any node's ABS answers.
+    /// Answers `abs.cmd.customer.get` and `abs.cmd.payment` on the bus until the bus
+    /// closes. Every node runs it in a queue group, so any node's ABS answers.
     pub async fn serve(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
-        let mut requests = bus
+        let customers = bus
             .queue_subscribe(&subjects::abs_command("customer.get"), "abs")
-            .await?;
-        while let Some(message) = requests.next().await {
+            .await?
+            .map(|m| (false, m));
+        let payments = bus
+            .queue_subscribe(&subjects::abs_command("payment"), "abs")
+            .await?
+            .map(|m| (true, m));
+        let mut requests = futures::stream::select(customers, payments);
+        let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
+        while let Some((payment, message)) = requests.next().await {
             let Some(reply) = message.reply else { continue };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
             let abs = self.clone();
             let bus = bus.clone();
             tokio::spawn(async move {
-                let answer = abs.answer_customer_get(&message.payload).await;
+                let answer = if payment {
+                    abs.answer_payment(&message.payload).await
+                } else {
+                    abs.answer_customer_get(&message.payload).await
+                };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
+                drop(permit);
             });
         }
         Ok(())
+    }
+
+    async fn answer_payment(&self, payload: &[u8]) -> Value {
+        let reply = match serde_json::from_slice::<kernel::payment::PaymentCommand>(payload) {
+            Err(e) => kernel::payment::CommandReply::Err(kernel::payment::CommandError::new(
+                "invalid_command",
+                e.to_string(),
+            )),
+            Ok(command) => match self.pay(&command).await {
+                Ok(receipt) => kernel::payment::CommandReply::Ok(receipt),
+                Err(error) => kernel::payment::CommandReply::Err(error),
+            },
+        };
+        serde_json::to_value(reply).unwrap_or(Value::Null)
     }
 
     async fn answer_customer_get(&self, payload: &[u8]) -> Value {

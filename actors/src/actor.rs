@@ -86,9 +86,14 @@ impl CustomerActor {
             CustomerRequest::FeedHead => {
                 Ok(json!({"head": state.version, "unread": state.unread()}))
             }
-            CustomerRequest::MarkRead { .. } | CustomerRequest::Apply { .. } => {
-                Err(CallError::new("internal", "not a read"))
-            }
+            CustomerRequest::Payment { id } => state
+                .payments
+                .get(id)
+                .map(|p| p.answer())
+                .ok_or_else(CallError::not_found),
+            CustomerRequest::MarkRead { .. }
+            | CustomerRequest::Apply { .. }
+            | CustomerRequest::Pay { .. } => Err(CallError::new("internal", "not a read")),
         }
     }
 
@@ -162,6 +167,7 @@ impl Handler<Ask> for CustomerActor {
         self.last_activity = Instant::now();
         match request {
             CustomerRequest::Apply { changes } => self.apply(changes),
+            CustomerRequest::Pay { order } => self.pay(order),
             CustomerRequest::MarkRead { up_to_seq } => {
                 let store = self.deps.store.clone();
                 let id = self.state.customer_id.clone();
@@ -208,88 +214,245 @@ impl CustomerActor {
             language: self.state.language.clone(),
         };
         let store = self.deps.store.clone();
-        let work = async move {
-            let mut skip: Vec<String> = vec![];
-            // Usually one round trip: the store refuses the whole commit if any change id
-            // was consumed before (a redelivery), and only then do we ask which ones.
-            for attempt in 0..2 {
-                let (commit, mut report) = build_commit(
-                    &customer_id,
-                    &contact,
-                    expected_version,
-                    &decisions,
-                    &skip,
-                    snapshot.clone(),
-                );
-                let outbox = commit.outbox.clone();
-                let events = commit.events.clone();
-                let snapshot_version = commit.snapshot.as_ref().map(|s| s.version);
-                if commit.change_ids.is_empty() {
-                    report.version = expected_version;
-                    return Ok(Committed {
-                        events,
-                        outbox_ids: vec![],
-                        outbox,
-                        report,
-                        snapshot_version: None,
-                    });
-                }
-                match store.commit(commit).await {
-                    Ok(outbox_ids) => {
-                        report.version = expected_version + events.len() as u64;
-                        return Ok(Committed {
-                            events,
-                            outbox_ids,
-                            outbox,
-                            report,
-                            snapshot_version,
-                        });
-                    }
-                    Err(StoreError::Duplicate) if attempt == 0 => {
-                        let ids: Vec<String> = decisions.iter().map(|(id, _)| id.clone()).collect();
-                        skip = store
-                            .applied_changes(&customer_id, &ids)
-                            .await
-                            .map_err(store_error)?;
-                    }
-                    Err(e) => return Err(store_error(e)),
-                }
-            }
-            Err(CallError::unavailable("changes could not be deduplicated"))
-        };
+        let work = commit_decisions(
+            store,
+            customer_id,
+            contact,
+            expected_version,
+            decisions,
+            snapshot,
+        );
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, ctx| {
-            let committed = match result {
-                Ok(committed) => committed,
-                Err(error) => {
-                    if error.code == "version_conflict" {
-                        // Another node wrote this journal: our state is stale. Stop, so the
-                        // next request activates a fresh actor from the store.
-                        actor
-                            .deps
-                            .registry
-                            .remove_if_same(&actor.state.customer_id, &ctx.address());
-                        ctx.stop();
-                    }
-                    return Err(error);
-                }
-            };
-            for event in &committed.events {
-                actor.state.apply(event);
-            }
-            if let Some(version) = committed.snapshot_version {
-                actor.snapshot_version = version;
-            }
-            metrics::CHANGES_APPLIED.add(committed.report.applied.len() as u64);
-            metrics::CHANGES_DUPLICATE.add(committed.report.duplicates.len() as u64);
-            metrics::CHANGES_REJECTED.add(committed.report.rejected.len() as u64);
-            metrics::EVENTS_COMMITTED.add(committed.events.len() as u64);
-            actor
-                .deps
-                .relay
-                .publish(committed.outbox_ids, committed.outbox);
+            let committed = actor.fold_committed(result, ctx)?;
             Ok(serde_json::to_value(&committed.report).unwrap_or(Value::Null))
         })))
     }
+
+    /// After a commit: folds the events into the state and hands the outbox to the relay;
+    /// on a version conflict (another node wrote this journal) stops the stale actor.
+    fn fold_committed(
+        &mut self,
+        result: Result<Committed, CallError>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Committed, CallError> {
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(error) => {
+                if error.code == "version_conflict" {
+                    // Our state is stale. Stop, so the next request activates a fresh
+                    // actor from the store.
+                    self.deps
+                        .registry
+                        .remove_if_same(&self.state.customer_id, &ctx.address());
+                    ctx.stop();
+                }
+                return Err(error);
+            }
+        };
+        for event in &committed.events {
+            self.state.apply(event);
+        }
+        if let Some(version) = committed.snapshot_version {
+            self.snapshot_version = version;
+        }
+        metrics::CHANGES_APPLIED.add(committed.report.applied.len() as u64);
+        metrics::CHANGES_DUPLICATE.add(committed.report.duplicates.len() as u64);
+        metrics::CHANGES_REJECTED.add(committed.report.rejected.len() as u64);
+        metrics::EVENTS_COMMITTED.add(committed.events.len() as u64);
+        self.deps
+            .relay
+            .publish(committed.outbox_ids.clone(), committed.outbox.clone());
+        Ok(committed)
+    }
+
+    /// A payment: pure checks, then the ABS command (request/reply on the bus, honouring the
+    /// payment id as its idempotency key), then one commit with the `payment_status` event
+    /// and this customer's own transaction and balance changes (their ids recorded, so the
+    /// copies arriving through the change sink later are dropped as duplicates).
+    /// The actor handles nothing else meanwhile: concurrent payments of a customer are
+    /// serialised, so a double spend finds the first one's balance.
+    fn pay(
+        &mut self,
+        order: domain::payments::PaymentOrder,
+    ) -> AtomicResponse<Self, Result<Value, CallError>> {
+        use domain::payments::PaymentCheck;
+        use kernel::payment::{CommandReply, PaymentCommand, PaymentReceipt};
+
+        match self.state.check_payment(&order, kernel::now()) {
+            Err(rejection) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(CallError::new(
+                    rejection.code(),
+                    rejection.to_string(),
+                )))));
+            }
+            Ok(PaymentCheck::Replay(answer)) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(answer))));
+            }
+            Ok(PaymentCheck::Proceed) => {}
+        }
+        let command = PaymentCommand {
+            id: order.payment_id.clone(),
+            customer_id: self.state.customer_id.clone(),
+            from: order.from.clone(),
+            to: order.to.clone(),
+            amount: order.amount,
+            fee: (order.fee.minor > 0).then_some(order.fee),
+            description: order.description.clone(),
+        };
+        let bus = self.deps.bus.clone();
+        let timeout = self.deps.config.request_timeout;
+        let ask = async move {
+            let payload = bytes::Bytes::from(serde_json::to_vec(&command).unwrap_or_default());
+            match bus
+                .request(&subjects::abs_command("payment"), payload, timeout)
+                .await
+            {
+                Ok(bytes) => match serde_json::from_slice::<CommandReply<PaymentReceipt>>(&bytes) {
+                    Ok(CommandReply::Ok(receipt)) => Ok(receipt),
+                    Ok(CommandReply::Err(error)) => Err(error),
+                    Err(e) => Err(kernel::payment::CommandError::new(
+                        "unavailable",
+                        e.to_string(),
+                    )),
+                },
+                Err(e) => Err(kernel::payment::CommandError::new(
+                    "unavailable",
+                    e.to_string(),
+                )),
+            }
+        };
+        let work = ask.into_actor(self).then(move |answer, actor, _ctx| {
+            let now = kernel::now();
+            let mut decisions: Vec<Decision> = vec![];
+            let status = match &answer {
+                Ok(receipt) => {
+                    for change in receipt
+                        .changes
+                        .iter()
+                        .filter(|c| c.customer_id == actor.state.customer_id)
+                    {
+                        let decision = actor
+                            .state
+                            .decide(change)
+                            .map_err(|r| (r.code().to_owned(), r.to_string()));
+                        decisions.push((change.id.clone(), decision));
+                    }
+                    "completed"
+                }
+                // The ABS refused: nothing moved, nothing is recorded.
+                Err(error) if error.code != "unavailable" => {
+                    let error = CallError::new(&error.code, error.detail.clone());
+                    return fut::ready(Err(error)).boxed_local();
+                }
+                // No answer: the outcome is unknown. Record `pending`; a retry with the same
+                // key asks the ABS again, which applies the id at most once.
+                Err(_) => "pending",
+            };
+            let already_pending = actor
+                .state
+                .payments
+                .get(&order.payment_id)
+                .is_some_and(|p| p.status == status);
+            if already_pending {
+                let answer = actor.state.payments[&order.payment_id].answer();
+                return fut::ready(Ok(answer)).boxed_local();
+            }
+            let (credited, rate, payee) = match &answer {
+                Ok(receipt) => (
+                    receipt.credited,
+                    receipt
+                        .rate_e6
+                        .map(|r| format!("{}.{:06}", r / 1_000_000, r % 1_000_000)),
+                    receipt.payee.clone(),
+                ),
+                Err(_) => (None, None, None),
+            };
+            let draft = CustomerState::payment_event(&order, status, now, credited, rate, payee);
+            decisions.push((draft.id.clone(), Ok(vec![draft])));
+            let contact = Contact {
+                phone: actor.state.phone.clone(),
+                language: actor.state.language.clone(),
+            };
+            let work = commit_decisions(
+                actor.deps.store.clone(),
+                actor.state.customer_id.clone(),
+                contact,
+                actor.state.version,
+                decisions,
+                actor.snapshot_if_due(),
+            );
+            let payment_id = order.payment_id.clone();
+            work.into_actor(actor)
+                .map(move |result, actor: &mut CustomerActor, ctx| {
+                    actor.fold_committed(result, ctx)?;
+                    actor
+                        .state
+                        .payments
+                        .get(&payment_id)
+                        .map(|p| p.answer())
+                        .ok_or_else(|| CallError::new("internal", "payment not recorded"))
+                })
+                .boxed_local()
+        });
+        AtomicResponse::new(Box::pin(work))
+    }
+}
+
+/// Commits decided changes (usually one round trip: the store refuses the whole commit if
+/// any change id was consumed before, a redelivery, and only then do we ask which ones).
+async fn commit_decisions(
+    store: Arc<dyn kernel::store::Store>,
+    customer_id: kernel::CustomerId,
+    contact: Contact,
+    expected_version: u64,
+    decisions: Vec<Decision>,
+    snapshot: Option<Snapshot>,
+) -> Result<Committed, CallError> {
+    let mut skip: Vec<String> = vec![];
+    for attempt in 0..2 {
+        let (commit, mut report) = build_commit(
+            &customer_id,
+            &contact,
+            expected_version,
+            &decisions,
+            &skip,
+            snapshot.clone(),
+        );
+        let outbox = commit.outbox.clone();
+        let events = commit.events.clone();
+        let snapshot_version = commit.snapshot.as_ref().map(|s| s.version);
+        if commit.change_ids.is_empty() {
+            report.version = expected_version;
+            return Ok(Committed {
+                events,
+                outbox_ids: vec![],
+                outbox,
+                report,
+                snapshot_version: None,
+            });
+        }
+        match store.commit(commit).await {
+            Ok(outbox_ids) => {
+                report.version = expected_version + events.len() as u64;
+                return Ok(Committed {
+                    events,
+                    outbox_ids,
+                    outbox,
+                    report,
+                    snapshot_version,
+                });
+            }
+            Err(StoreError::Duplicate) if attempt == 0 => {
+                let ids: Vec<String> = decisions.iter().map(|(id, _)| id.clone()).collect();
+                skip = store
+                    .applied_changes(&customer_id, &ids)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+    Err(CallError::unavailable("changes could not be deduplicated"))
 }
 
 /// How the bank reaches the customer, for notifications.

@@ -52,6 +52,7 @@ impl Node {
     /// requests to `notify`) and, when `serve_remote`, the answering of requests for the
     /// partitions it owns (`owned` follows the leases in a cluster; it holds every partition
     /// when embedded).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: ActorConfig,
         wiring: Wiring,

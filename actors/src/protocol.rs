@@ -28,6 +28,12 @@ pub enum CustomerRequest {
     FeedHead,
     /// Cache Control changes for this customer, in order.
     Apply { changes: Vec<Change> },
+    /// `POST /v1/payments`: checks, the ABS command, the `payment_status` event.
+    Pay {
+        order: domain::payments::PaymentOrder,
+    },
+    /// `GET /v1/payments/{id}`.
+    Payment { id: String },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -99,6 +99,14 @@ pub struct RawSettings {
     /// Longest a request may take [default: 30000].
     #[arg(long, env = "ARBAT_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<String>,
+    /// Folder of Operation Studio definitions (`<id>.toml` + `<id>.toml.sig`)
+    /// [default: ./operations].
+    #[arg(long, env = "ARBAT_OPERATIONS_DIR")]
+    pub operations_dir: Option<PathBuf>,
+    /// Ed25519 public key (base64) that signs the definitions [default: the shipped
+    /// development key, with a warning].
+    #[arg(long, env = "ARBAT_OPERATIONS_KEY")]
+    pub operations_key: Option<String>,
 }
 
 impl RawSettings {
@@ -128,6 +136,8 @@ impl RawSettings {
             allowed_origins: self.allowed_origins.or(other.allowed_origins),
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
             token_key_id: self.token_key_id.or(other.token_key_id),
+            operations_dir: self.operations_dir.or(other.operations_dir),
+            operations_key: self.operations_key.or(other.operations_key),
         }
     }
 }
@@ -162,7 +172,14 @@ pub struct Config {
     pub gateway: channels::GatewayConfig,
     /// Notification providers, from the environment names of API.md.
     pub notifier: notifier::NotifierConfig,
+    pub operations_dir: PathBuf,
+    /// Base64 Ed25519 public key of the definitions; `None`: the development key.
+    pub operations_key: Option<String>,
 }
+
+/// The development key pair's public half (operations/dev-signing.key signs the shipped
+/// definitions; never use it in production).
+pub const DEV_OPERATIONS_KEY: &str = include_str!("../../operations/dev-public.key");
 
 fn number<T>(
     setting: &'static str,
@@ -378,7 +395,19 @@ impl Config {
         let mut gateway = gateway;
         gateway.login_lockout.lock_for = time::Duration::seconds(lockout_s);
         gateway.ip_lockout.lock_for = time::Duration::seconds(lockout_s);
+        let operations_key = match empty(raw.operations_key) {
+            Some(key) => {
+                channels::studio::parse_public_key(&key)
+                    .map_err(|reason| invalid("operations-key", reason))?;
+                Some(key)
+            }
+            None => None,
+        };
         Ok(Config {
+            operations_dir: raw
+                .operations_dir
+                .unwrap_or_else(|| PathBuf::from("./operations")),
+            operations_key,
             listen,
             data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             demo: boolean("demo", raw.demo.as_deref(), embedded)?,

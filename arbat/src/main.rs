@@ -30,6 +30,11 @@ enum Command {
     },
     /// Benchmarks against a self-hosted or running node (see `arbat bench live --help`).
     Bench(bench::BenchArgs),
+    /// Operation Studio tools: key pairs, signing and checking definition folders.
+    Operations {
+        #[command(subcommand)]
+        command: arbat::operations_cli::OperationsCommand,
+    },
     /// The reference ABS's back-office tools.
     Abs {
         #[command(subcommand)]
@@ -99,6 +104,13 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("arbat bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Operations { command } => match arbat::operations_cli::run(command) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("arbat: {error:#}");
                 ExitCode::FAILURE
             }
         },

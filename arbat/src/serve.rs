@@ -143,6 +143,27 @@ pub async fn run(
         None => (random_key(), true),
     };
 
+    let operations_key = match &config.operations_key {
+        Some(key) => key.clone(),
+        None => {
+            tracing::warn!(
+                "operation definitions are checked with the shipped DEVELOPMENT key; \
+                 set ARBAT_OPERATIONS_KEY in production"
+            );
+            crate::config::DEV_OPERATIONS_KEY.to_owned()
+        }
+    };
+    let operations_key =
+        channels::studio::parse_public_key(&operations_key).map_err(anyhow::Error::msg)?;
+    let operations = channels::studio::Catalogue::load(&config.operations_dir, operations_key);
+    tracing::info!(
+        folder = %config.operations_dir.display(),
+        definitions = operations.list().len(),
+        refused = operations.problems().len(),
+        "operation definitions loaded"
+    );
+    operations.spawn_reload(std::time::Duration::from_secs(2), shutdown.clone());
+
     let mut gateway_config = config.gateway.clone();
     gateway_config.backoffice_key = backoffice_key.clone();
     let revocations =
@@ -162,6 +183,7 @@ pub async fn run(
         queue: Some(notifier.queue.clone()),
         revocations,
         limits,
+        operations: Some(operations),
         sockets: Default::default(),
         shutdown: shutdown.clone(),
     });

@@ -15,6 +15,8 @@
 //! - rest.rs: customer reads (`/v1/me`, products, transactions, feed) answered by actors.
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
+//! - payments.rs: the operation catalogue, payments, rates and conversions.
+//! - [`studio`]: Operation Studio definitions from a folder, signed (Ed25519), hot-reloaded.
 //! - notifications.rs: notification preferences and push devices (the notifier's API).
 //! - backoffice.rs: Cache Control ingest and the reference ABS's admin postings.
 //! - ops.rs: `/healthz`, `/readyz`, `/metrics`.
@@ -48,10 +50,12 @@ mod hub;
 mod manager;
 mod notifications;
 mod ops;
+mod payments;
 pub mod problem;
 mod rest;
 pub mod revocations;
 mod staff;
+pub mod studio;
 pub mod tokens;
 mod ws;
 
@@ -136,6 +140,8 @@ pub struct Gateway {
     pub dummy_hash: DummyHash,
     pub config: GatewayConfig,
     pub hub: Hub,
+    /// Operation Studio definitions (payments); `None`: no catalogue, payments answer 404.
+    pub operations: Option<studio::Catalogue>,
     /// Preferences, devices and metrics of the node's notifier.
     pub notifier: Option<Arc<notifier::Notifier>>,
     /// The node's notifier queue: codes and security alerts go out through it.
@@ -179,6 +185,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/feed", get(rest::feed))
         .route("/v1/feed/read", post(rest::feed_read))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/operations", get(payments::operations))
+        .route("/v1/payments", post(payments::pay))
+        .route("/v1/payments/{id}", get(payments::payment))
+        .route("/v1/rates", get(payments::rates))
+        .route("/v1/conversions", post(payments::convert))
         .route(
             "/v1/notification-preferences",
             get(notifications::get_preferences).put(notifications::put_preferences),

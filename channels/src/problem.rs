@@ -86,11 +86,43 @@ impl From<actors::CallError> for Problem {
                 Problem::unavailable("temporarily unavailable; try again")
             }
             "bad_request" => Problem::bad_request(error.detail),
+            // Payments: stable codes of refusals that changed nothing.
+            "account_not_found" | "payee_not_found" => Problem::new(
+                StatusCode::NOT_FOUND,
+                payment_code(&error.code),
+                error.detail,
+            ),
+            "idempotency_conflict" => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this Idempotency-Key was used with another request",
+            ),
+            "insufficient_funds" | "limit_exceeded" | "card_blocked" | "account_closed"
+            | "currency_mismatch" | "invalid_field" | "invalid_command" => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                payment_code(&error.code),
+                error.detail,
+            ),
             _ => {
                 tracing::error!(code = %error.code, detail = %error.detail, "call failed");
                 Problem::internal()
             }
         }
+    }
+}
+
+/// The static form of a payment refusal code.
+fn payment_code(code: &str) -> &'static str {
+    match code {
+        "account_not_found" => "account_not_found",
+        "payee_not_found" => "payee_not_found",
+        "insufficient_funds" => "insufficient_funds",
+        "limit_exceeded" => "limit_exceeded",
+        "card_blocked" => "card_blocked",
+        "account_closed" => "account_closed",
+        "currency_mismatch" => "currency_mismatch",
+        "invalid_field" => "invalid_field",
+        _ => "invalid_payment",
     }
 }
 

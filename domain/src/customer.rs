@@ -80,6 +80,13 @@ pub struct CustomerState {
     pub version: u64,
     /// Highest seq the customer marked read.
     pub read_seq: u64,
+    /// Recent payments by id (see `payments.rs`).
+    #[serde(default)]
+    pub payments: BTreeMap<String, crate::payments::PaymentRecord>,
+    /// Today's completed payment totals in minor units, by `day/operation/currency`
+    /// (`*` for all operations).
+    #[serde(default)]
+    pub spent: BTreeMap<String, i64>,
 }
 
 /// An event the rules want to record; the shell gives it a seq and commits it.
@@ -152,6 +159,8 @@ impl CustomerState {
             recent: BTreeMap::new(),
             version: 0,
             read_seq: 0,
+            payments: BTreeMap::new(),
+            spent: BTreeMap::new(),
         }
     }
 
@@ -350,6 +359,7 @@ impl CustomerState {
                     recent.pop_front();
                 }
             }
+            "payment_status" => self.apply_payment(event),
             "product_changed" => {
                 if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
                 {

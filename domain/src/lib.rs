@@ -6,12 +6,18 @@
 //!   version) and its two functions: [`CustomerState::decide`] turns a Cache Control change
 //!   into event drafts or a rejection, [`CustomerState::apply`] folds a committed event into
 //!   the state. Replaying the journal through `apply` rebuilds the same state.
+//! - [`operations`]: Operation Studio definitions (TOML), validated with file and field
+//!   named; request fields checked against them.
+//! - [`payments`]: payment checks (idempotency, ownership, currency, funds, limits) and
+//!   `payment_status` events folded into the state.
 //! - [`views`]: what the API reads from the state (products, transaction pages).
 //!
 //! The actor shell (actors crate) assigns sequence numbers, commits events to the store and
 //! only then calls `apply`, so the state never runs ahead of the journal.
 
 pub mod customer;
+pub mod operations;
+pub mod payments;
 pub mod views;
 
 pub use customer::{

@@ -7,6 +7,7 @@
 //! - [`change`]: Cache Control changes pushed by back systems (API.md), parsed strictly.
 //! - [`event`]: customer feed events, the unit of the journal, the feed and live push.
 //! - [`bus`]: the message bus trait (in-process or NATS) and its subjects.
+//! - [`payment`]: the payment command to the ABS (`abs.cmd.payment`) and its receipt.
 //! - [`store`]: the durable store trait (SQLite or PostgreSQL) and its records.
 //!
 //! The kernel does no I/O of its own; the bus and store crates implement its traits.
@@ -17,6 +18,7 @@ pub mod event;
 pub mod ids;
 pub mod metrics;
 pub mod money;
+pub mod payment;
 pub mod store;
 
 pub use change::{Change, ChangeBody, ChangeError};

@@ -360,7 +360,48 @@ pub struct AbsPostingResult {
     pub duplicate: bool,
 }
 
-/// The reference ABS's own tables (a minimal ledger; the full one comes with payments).
+/// One leg of a double-entry transfer: `amount_minor` added to the account (negative: a
+/// debit), in the account's currency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbsLeg {
+    pub account_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// A debit may not take the balance below this (`i64::MIN`: the bank's own accounts).
+    pub floor_minor: i64,
+}
+
+/// A multi-leg posting set, all or nothing, idempotent by `id`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbsTransfer {
+    pub id: String,
+    /// At least two legs, none zero, summing to zero per currency.
+    pub legs: Vec<AbsLeg>,
+    pub description: String,
+    pub counterparty: Option<String>,
+}
+
+/// A leg as written, with its account's owner and the balance after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbsLegResult {
+    pub account_id: String,
+    pub customer_id: CustomerId,
+    pub kind: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub balance_minor: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbsTransferResult {
+    pub legs: Vec<AbsLegResult>,
+    pub at: OffsetDateTime,
+    /// True when this transfer id was already applied; the result is the first one's.
+    pub duplicate: bool,
+}
+
+/// The reference ABS's own tables: customers, products (accounts with balances) and the
+/// double-entry ledger of transfers (`abs_transfer`), plus single-leg admin postings.
 #[async_trait]
 pub trait AbsStore: Send + Sync + 'static {
     /// Inserts the customer and products unless the customer exists (idempotent seeding).
@@ -375,6 +416,18 @@ pub trait AbsStore: Send + Sync + 'static {
     /// Applies the posting atomically: `NotFound` for an unknown account,
     /// `Refused("insufficient_funds")` below the floor, the first result on a repeated id.
     async fn abs_post(&self, posting: &AbsPosting) -> Result<AbsPostingResult, StoreError>;
+    /// One product (account) by id.
+    async fn abs_account(&self, id: &str) -> Result<Option<AbsProduct>, StoreError>;
+    /// Applies every leg or none, in one transaction: `NotFound` for an unknown account,
+    /// `Refused` with `unbalanced` (legs not summing to zero per currency or a zero leg),
+    /// `currency_mismatch`, `account_closed` (status not `active`), `insufficient_funds`
+    /// (a debit below its floor), `idempotency_conflict` (the id was used with other legs);
+    /// the first result on a repeated id.
+    async fn abs_transfer(&self, transfer: &AbsTransfer) -> Result<AbsTransferResult, StoreError>;
+    /// The sum of every transfer leg per currency (zero for each, always).
+    async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Sets a product's status (`active`, `blocked`, `closed`).
+    async fn abs_set_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
 }
 
 /// Everything a node needs from its store.

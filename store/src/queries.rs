@@ -13,13 +13,13 @@
 use std::collections::HashSet;
 
 use kernel::store::{
-    AbsCustomer, AbsPosting, AbsPostingResult, AbsProduct, AuditEntry, ChallengeRecord, Commit,
-    Credential, CustomerRecord, LockState, LockoutPolicy, OutboxRow, SessionRecord, Snapshot,
-    StaffAccount, StoreError,
+    AbsCustomer, AbsLegResult, AbsPosting, AbsPostingResult, AbsProduct, AbsTransfer,
+    AbsTransferResult, AuditEntry, ChallengeRecord, Commit, Credential, CustomerRecord, LockState,
+    LockoutPolicy, OutboxRow, SessionRecord, Snapshot, StaffAccount, StoreError,
 };
-use time::OffsetDateTime;
 use kernel::{CustomerId, FeedEvent};
 use sqlx::Row;
+use time::OffsetDateTime;
 
 use crate::convert::{
     col, customer_from_db, db_err, duplicate_means, json_object_from_db, json_value_from_db, limit,
@@ -571,12 +571,11 @@ pub(crate) async fn challenge(
     c: &mut Conn,
     id: &str,
 ) -> Result<Option<ChallengeRecord>, StoreError> {
-    let row =
-        sqlx::query("SELECT id, state, expires_at_ms, version FROM challenges WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(db_err)?;
+    let row = sqlx::query("SELECT id, state, expires_at_ms, version FROM challenges WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?;
     row.map(|row| {
         Ok(ChallengeRecord {
             id: col(&row, 0)?,
@@ -608,7 +607,8 @@ pub(crate) async fn update_challenge(
 }
 
 pub(crate) async fn lock_state(c: &mut Conn, key: &str) -> Result<LockState, StoreError> {
-    let sql = format!("SELECT failures, locked_until_ms FROM auth_failures WHERE key = $1{FOR_UPDATE}");
+    let sql =
+        format!("SELECT failures, locked_until_ms FROM auth_failures WHERE key = $1{FOR_UPDATE}");
     let row = sqlx::query(&sql)
         .bind(key)
         .fetch_optional(&mut *c)
@@ -879,6 +879,25 @@ pub(crate) async fn abs_customer_by_phone(
         .transpose()
 }
 
+fn abs_product_from_row<R: Row>(row: &R) -> Result<AbsProduct, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let details: String = col(row, 7)?;
+    Ok(AbsProduct {
+        id: col(row, 0)?,
+        customer_id: customer_from_db(col(row, 1)?)?,
+        kind: col(row, 2)?,
+        title: col(row, 3)?,
+        status: col(row, 4)?,
+        currency: col(row, 5)?,
+        balance_minor: col(row, 6)?,
+        details: json_value_from_db(&details)?,
+    })
+}
+
 pub(crate) async fn abs_products(c: &mut Conn, id: &str) -> Result<Vec<AbsProduct>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, customer_id, kind, title, status, currency, balance_minor, details
@@ -888,20 +907,243 @@ pub(crate) async fn abs_products(c: &mut Conn, id: &str) -> Result<Vec<AbsProduc
     .fetch_all(&mut *c)
     .await
     .map_err(db_err)?;
-    rows.iter()
+    rows.iter().map(abs_product_from_row).collect()
+}
+
+pub(crate) async fn abs_account(c: &mut Conn, id: &str) -> Result<Option<AbsProduct>, StoreError> {
+    sqlx::query(
+        "SELECT id, customer_id, kind, title, status, currency, balance_minor, details
+         FROM abs_products WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?
+    .as_ref()
+    .map(abs_product_from_row)
+    .transpose()
+}
+
+pub(crate) async fn abs_set_status(c: &mut Conn, id: &str, status: &str) -> Result<(), StoreError> {
+    let updated = sqlx::query("UPDATE abs_products SET status = $2 WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// What identifies a transfer's content, so a reused id with other legs is refused.
+fn transfer_fingerprint(transfer: &AbsTransfer) -> String {
+    transfer
+        .legs
+        .iter()
+        .map(|l| format!("{}:{}:{}", l.account_id, l.amount_minor, l.currency))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The shape check of a transfer, before any I/O: legs non-zero, balanced per currency.
+pub(crate) fn validate_transfer(transfer: &AbsTransfer) -> Result<(), StoreError> {
+    if transfer.id.is_empty() || transfer.id.len() > 128 {
+        return Err(StoreError::Refused("invalid_posting"));
+    }
+    if transfer.legs.len() < 2 || transfer.legs.iter().any(|l| l.amount_minor == 0) {
+        return Err(StoreError::Refused("unbalanced"));
+    }
+    let mut sums: std::collections::BTreeMap<&str, i128> = Default::default();
+    for leg in &transfer.legs {
+        *sums.entry(leg.currency.as_str()).or_default() += i128::from(leg.amount_minor);
+    }
+    if sums.values().any(|sum| *sum != 0) {
+        return Err(StoreError::Refused("unbalanced"));
+    }
+    Ok(())
+}
+
+/// The result of an already applied transfer, if `id` was applied, with its fingerprint.
+pub(crate) async fn abs_transfer_result(
+    c: &mut Conn,
+    id: &str,
+) -> Result<Option<(String, AbsTransferResult)>, StoreError> {
+    let Some(head) = sqlx::query("SELECT fingerprint, at_ms FROM abs_transfers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT l.account_id, a.customer_id, a.kind, l.currency, l.amount_minor,
+                l.balance_after_minor
+         FROM abs_legs l JOIN abs_products a ON a.id = l.account_id
+         WHERE l.transfer_id = $1 ORDER BY l.ord ASC",
+    )
+    .bind(id)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    let legs = rows
+        .iter()
         .map(|row| {
-            let details: String = col(row, 7)?;
-            Ok(AbsProduct {
-                id: col(row, 0)?,
+            Ok(AbsLegResult {
+                account_id: col(row, 0)?,
                 customer_id: customer_from_db(col(row, 1)?)?,
                 kind: col(row, 2)?,
-                title: col(row, 3)?,
-                status: col(row, 4)?,
-                currency: col(row, 5)?,
-                balance_minor: col(row, 6)?,
-                details: json_value_from_db(&details)?,
+                currency: col(row, 3)?,
+                amount_minor: col(row, 4)?,
+                balance_minor: col(row, 5)?,
             })
         })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some((
+        col(&head, 0)?,
+        AbsTransferResult {
+            legs,
+            at: time_from_db(col(&head, 1)?)?,
+            duplicate: true,
+        },
+    )))
+}
+
+/// Applies a transfer: every leg or none. Accounts are locked in id order (PostgreSQL), so
+/// two transfers over the same accounts cannot deadlock. A racing duplicate that gets past
+/// the first check fails on the primary key with `Duplicate`; the caller reads the winner.
+pub(crate) async fn abs_transfer(
+    c: &mut Conn,
+    transfer: &AbsTransfer,
+) -> Result<AbsTransferResult, StoreError> {
+    validate_transfer(transfer)?;
+    let fingerprint = transfer_fingerprint(transfer);
+    if let Some((first, result)) = abs_transfer_result(c, &transfer.id).await? {
+        if first != fingerprint {
+            return Err(StoreError::Refused("idempotency_conflict"));
+        }
+        return Ok(result);
+    }
+    // Net effect and tightest floor per account.
+    let mut net: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    for leg in &transfer.legs {
+        let entry = net
+            .entry(leg.account_id.as_str())
+            .or_insert((0, leg.floor_minor));
+        entry.0 = entry
+            .0
+            .checked_add(leg.amount_minor)
+            .ok_or(StoreError::Refused("amount_out_of_range"))?;
+        entry.1 = entry.1.max(leg.floor_minor);
+    }
+    let sql = format!(
+        "SELECT customer_id, kind, currency, balance_minor, status FROM abs_products
+         WHERE id = $1{FOR_UPDATE}"
+    );
+    // account → (customer, kind, currency, balance after)
+    let mut after: std::collections::BTreeMap<&str, (CustomerId, String, String, i64)> =
+        Default::default();
+    for (account_id, (delta, floor)) in &net {
+        let Some(row) = sqlx::query(&sql)
+            .bind(*account_id)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(db_err)?
+        else {
+            return Err(StoreError::NotFound);
+        };
+        let customer_id = customer_from_db(col(&row, 0)?)?;
+        let kind: String = col(&row, 1)?;
+        let currency: String = col(&row, 2)?;
+        let balance: i64 = col(&row, 3)?;
+        let status: String = col(&row, 4)?;
+        if status != "active" {
+            return Err(StoreError::Refused("account_closed"));
+        }
+        if transfer
+            .legs
+            .iter()
+            .any(|l| l.account_id == *account_id && l.currency != currency)
+        {
+            return Err(StoreError::Refused("currency_mismatch"));
+        }
+        let balance_after = balance
+            .checked_add(*delta)
+            .ok_or(StoreError::Refused("amount_out_of_range"))?;
+        if *delta < 0 && balance_after < *floor {
+            return Err(StoreError::Refused("insufficient_funds"));
+        }
+        after.insert(account_id, (customer_id, kind, currency, balance_after));
+    }
+    let at = kernel::now();
+    sqlx::query(
+        "INSERT INTO abs_transfers (id, fingerprint, at_ms, description, counterparty)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&transfer.id)
+    .bind(&fingerprint)
+    .bind(time_to_db(at)?)
+    .bind(&transfer.description)
+    .bind(transfer.counterparty.as_deref())
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    for (account_id, (_, _, _, balance_after)) in &after {
+        sqlx::query("UPDATE abs_products SET balance_minor = $2 WHERE id = $1")
+            .bind(*account_id)
+            .bind(*balance_after)
+            .execute(&mut *c)
+            .await
+            .map_err(db_err)?;
+    }
+    // Each leg records the balance after the whole set (a set touching one account twice,
+    // a payment and its fee, shows the final balance on both).
+    let mut legs = Vec::with_capacity(transfer.legs.len());
+    for (ord, leg) in transfer.legs.iter().enumerate() {
+        let (customer_id, kind, currency, balance_after) = &after[leg.account_id.as_str()];
+        sqlx::query(
+            "INSERT INTO abs_legs
+                 (transfer_id, ord, account_id, currency, amount_minor, balance_after_minor)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&transfer.id)
+        .bind(ord as i64)
+        .bind(&leg.account_id)
+        .bind(currency)
+        .bind(leg.amount_minor)
+        .bind(*balance_after)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+        legs.push(AbsLegResult {
+            account_id: leg.account_id.clone(),
+            customer_id: customer_id.clone(),
+            kind: kind.clone(),
+            currency: currency.clone(),
+            amount_minor: leg.amount_minor,
+            balance_minor: *balance_after,
+        });
+    }
+    Ok(AbsTransferResult {
+        legs,
+        at,
+        duplicate: false,
+    })
+}
+
+pub(crate) async fn abs_ledger_sums(c: &mut Conn) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT currency, CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM abs_legs
+         GROUP BY currency ORDER BY currency",
+    )
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter()
+        .map(|row| Ok((col(row, 0)?, col(row, 1)?)))
         .collect()
 }
 

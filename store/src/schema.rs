@@ -14,8 +14,8 @@ use sqlx::{Connection, Executor as _, PgConnection, SqliteConnection};
 
 use crate::convert::{db_err, time_to_db};
 
-const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1), (2, SQLITE_V2)];
-const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1), (2, POSTGRES_V2)];
+const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1), (2, SQLITE_V2), (3, LEDGER_V3)];
+const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1), (2, POSTGRES_V2), (3, LEDGER_V3)];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
 const PG_MIGRATION_LOCK: i64 = 0x4152_4241_545f_4d31; // "ARBAT_M1"
@@ -270,6 +270,29 @@ CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
 CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
 FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+"#;
+
+/// The reference ABS's double-entry ledger (both backends): a transfer and its legs, each
+/// leg with the balance of its account after the transfer. The sum of all legs is zero per
+/// currency.
+const LEDGER_V3: &str = r#"
+CREATE TABLE abs_transfers (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    description TEXT NOT NULL,
+    counterparty TEXT
+);
+CREATE TABLE abs_legs (
+    transfer_id TEXT NOT NULL REFERENCES abs_transfers (id),
+    ord BIGINT NOT NULL,
+    account_id TEXT NOT NULL REFERENCES abs_products (id),
+    currency TEXT NOT NULL,
+    amount_minor BIGINT NOT NULL,
+    balance_after_minor BIGINT NOT NULL,
+    PRIMARY KEY (transfer_id, ord)
+);
+CREATE INDEX abs_legs_account ON abs_legs (account_id);
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

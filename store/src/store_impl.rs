@@ -164,7 +164,9 @@ impl kernel::store::AuthStore for Backend {
     ) -> Result<bool, kernel::store::StoreError> {
         let (id, old_hash, new_hash) = (id.to_owned(), old_hash.to_owned(), new_hash.to_owned());
         self.write(move |c| {
-            Box::pin(async move { queries::rotate_refresh(c, &id, &old_hash, &new_hash, now).await })
+            Box::pin(
+                async move { queries::rotate_refresh(c, &id, &old_hash, &new_hash, now).await },
+            )
         })
         .await
     }
@@ -192,10 +194,8 @@ impl kernel::store::AuthStore for Backend {
         challenge: &kernel::store::ChallengeRecord,
     ) -> Result<(), kernel::store::StoreError> {
         let challenge = challenge.clone();
-        self.write(move |c| {
-            Box::pin(async move { queries::insert_challenge(c, &challenge).await })
-        })
-        .await
+        self.write(move |c| Box::pin(async move { queries::insert_challenge(c, &challenge).await }))
+            .await
     }
 
     async fn challenge(
@@ -385,5 +385,57 @@ impl kernel::store::AbsStore for Backend {
             }
             other => other,
         }
+    }
+
+    async fn abs_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<kernel::store::AbsProduct>, kernel::store::StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| Box::pin(async move { queries::abs_account(c, &id).await }))
+            .await
+    }
+
+    async fn abs_transfer(
+        &self,
+        transfer: &kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
+        queries::validate_transfer(transfer)?;
+        let owned = transfer.clone();
+        let applied = self
+            .write(move |c| Box::pin(async move { queries::abs_transfer(c, &owned).await }))
+            .await;
+        match applied {
+            // A concurrent duplicate won the race: answer with the winner's result.
+            Err(kernel::store::StoreError::Duplicate) => {
+                let id = transfer.id.clone();
+                let first = self
+                    .read(move |c| {
+                        Box::pin(async move { queries::abs_transfer_result(c, &id).await })
+                    })
+                    .await?;
+                match first {
+                    Some((_, result)) => Ok(result),
+                    None => Err(kernel::store::StoreError::Duplicate),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::abs_ledger_sums(c).await }))
+            .await
+    }
+
+    async fn abs_set_status(
+        &self,
+        id: &str,
+        status: &str,
+    ) -> Result<(), kernel::store::StoreError> {
+        let id = id.to_owned();
+        let status = status.to_owned();
+        self.write(move |c| Box::pin(async move { queries::abs_set_status(c, &id, &status).await }))
+            .await
     }
 }

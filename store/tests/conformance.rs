@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kernel::store::{
-    AbsCustomer, AbsPosting, AbsProduct, AuditEntry, ChallengeRecord, Commit, Credential,
-    JournalStore, LockoutPolicy, OutboxMessage, SessionRecord, Snapshot, StaffAccount, Store,
-    StoreError,
+    AbsCustomer, AbsLeg, AbsPosting, AbsProduct, AbsTransfer, AuditEntry, ChallengeRecord, Commit,
+    Credential, JournalStore, LockoutPolicy, OutboxMessage, SessionRecord, Snapshot, StaffAccount,
+    Store, StoreError,
 };
 use kernel::{CustomerId, FeedEvent};
 use serde_json::json;
@@ -118,6 +118,11 @@ conformance!(
     abs_post_insufficient_funds_changes_nothing,
     abs_post_duplicate_returns_first_result,
     abs_post_concurrent_duplicates_move_money_once,
+    abs_transfer_moves_every_leg_or_none,
+    abs_transfer_refusals_change_nothing,
+    abs_transfer_replay_and_conflict,
+    abs_transfer_concurrent_double_spend_one_wins,
+    abs_transfer_random_sequences_sum_to_zero,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -1012,6 +1017,278 @@ async fn abs_post_concurrent_duplicates_move_money_once(store: Arc<dyn Store>) {
     assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
     assert!(results.iter().all(|r| r.balance_minor == 90_00));
     assert_eq!(balance(&*store, "acc1").await, 90_00);
+}
+
+/// Two customers with RUB accounts, one with a USD account, and the bank's accounts.
+async fn seed_ledger(store: &dyn Store) {
+    let mut usd = product("c1", "usd1", "account", 50_00);
+    usd.currency = "USD".into();
+    store
+        .abs_seed(
+            &abs_customer("c1", "+79990000001"),
+            &[product("c1", "acc1", "account", 100_00), usd],
+        )
+        .await
+        .unwrap();
+    store
+        .abs_seed(
+            &abs_customer("c2", "+79990000002"),
+            &[product("c2", "acc2", "account", 0)],
+        )
+        .await
+        .unwrap();
+    let mut pos_usd = product("bank", "pos-USD", "internal", 0);
+    pos_usd.currency = "USD".into();
+    store
+        .abs_seed(
+            &abs_customer("bank", "+70000000000"),
+            &[
+                product("bank", "income-RUB", "internal", 0),
+                product("bank", "pos-RUB", "internal", 0),
+                pos_usd,
+            ],
+        )
+        .await
+        .unwrap();
+}
+
+fn leg(account: &str, amount: i64, currency: &str) -> AbsLeg {
+    AbsLeg {
+        account_id: account.into(),
+        amount_minor: amount,
+        currency: currency.into(),
+        floor_minor: if account.starts_with("acc") || account.starts_with("usd") {
+            0
+        } else {
+            i64::MIN
+        },
+    }
+}
+
+fn transfer(id: &str, legs: Vec<AbsLeg>) -> AbsTransfer {
+    AbsTransfer {
+        id: id.into(),
+        legs,
+        description: "Transfer".into(),
+        counterparty: None,
+    }
+}
+
+async fn account_balance(store: &dyn Store, account: &str) -> i64 {
+    store
+        .abs_account(account)
+        .await
+        .unwrap()
+        .map(|p| p.balance_minor)
+        .unwrap()
+}
+
+async fn all_balances(store: &dyn Store) -> Vec<i64> {
+    let mut out = vec![];
+    for account in ["acc1", "acc2", "usd1", "income-RUB", "pos-RUB", "pos-USD"] {
+        out.push(account_balance(store, account).await);
+    }
+    out
+}
+
+async fn assert_sums_zero(store: &dyn Store) {
+    for (currency, sum) in store.abs_ledger_sums().await.unwrap() {
+        assert_eq!(sum, 0, "{currency} legs do not sum to zero");
+    }
+}
+
+async fn abs_transfer_moves_every_leg_or_none(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    // 30.00 to c2 with a 1.00 fee to the bank's income.
+    let result = store
+        .abs_transfer(&transfer(
+            "t1",
+            vec![
+                leg("acc1", -30_00, "RUB"),
+                leg("acc2", 30_00, "RUB"),
+                leg("acc1", -1_00, "RUB"),
+                leg("income-RUB", 1_00, "RUB"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert!(!result.duplicate);
+    assert_eq!(result.legs.len(), 4);
+    assert_eq!(result.legs[0].customer_id, cid("c1"));
+    assert_eq!(result.legs[0].balance_minor, 69_00);
+    assert_eq!(result.legs[1].customer_id, cid("c2"));
+    assert_eq!(result.legs[1].balance_minor, 30_00);
+    assert_eq!(result.legs[3].kind, "internal");
+    assert_eq!(
+        all_balances(&*store).await,
+        vec![69_00, 30_00, 50_00, 1_00, 0, 0]
+    );
+    // FX: 10.00 USD → 900.00 RUB through the positions; each currency balances.
+    store
+        .abs_transfer(&transfer(
+            "fx1",
+            vec![
+                leg("usd1", -10_00, "USD"),
+                leg("pos-USD", 10_00, "USD"),
+                leg("pos-RUB", -900_00, "RUB"),
+                leg("acc2", 900_00, "RUB"),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(account_balance(&*store, "acc2").await, 930_00);
+    assert_eq!(account_balance(&*store, "pos-RUB").await, -900_00);
+    assert_sums_zero(&*store).await;
+}
+
+async fn abs_transfer_refusals_change_nothing(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let before = all_balances(&*store).await;
+    let cases = vec![
+        (
+            vec![leg("acc1", -100_01, "RUB"), leg("acc2", 100_01, "RUB")],
+            StoreError::Refused("insufficient_funds"),
+        ),
+        (
+            vec![leg("acc1", -1_00, "RUB"), leg("acc2", 99, "RUB")],
+            StoreError::Refused("unbalanced"),
+        ),
+        (
+            vec![leg("acc1", 0, "RUB"), leg("acc2", 0, "RUB")],
+            StoreError::Refused("unbalanced"),
+        ),
+        (
+            vec![leg("acc1", -1_00, "USD"), leg("usd1", 1_00, "USD")],
+            StoreError::Refused("currency_mismatch"),
+        ),
+        (
+            vec![leg("acc1", -1_00, "RUB"), leg("missing", 1_00, "RUB")],
+            StoreError::NotFound,
+        ),
+    ];
+    for (n, (legs, error)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            store
+                .abs_transfer(&transfer(&format!("bad{n}"), legs))
+                .await,
+            Err(error),
+            "case {n}"
+        );
+    }
+    store.abs_set_status("acc2", "closed").await.unwrap();
+    assert_eq!(
+        store
+            .abs_transfer(&transfer(
+                "closed",
+                vec![leg("acc1", -1_00, "RUB"), leg("acc2", 1_00, "RUB")]
+            ))
+            .await,
+        Err(StoreError::Refused("account_closed"))
+    );
+    assert_eq!(
+        store.abs_set_status("missing", "closed").await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(all_balances(&*store).await, before);
+    assert!(store.abs_ledger_sums().await.unwrap().is_empty());
+    // A refused id stays free for a valid transfer.
+    store.abs_set_status("acc2", "active").await.unwrap();
+    store
+        .abs_transfer(&transfer(
+            "bad0",
+            vec![leg("acc1", -1_00, "RUB"), leg("acc2", 1_00, "RUB")],
+        ))
+        .await
+        .unwrap();
+}
+
+async fn abs_transfer_replay_and_conflict(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let t = transfer(
+        "t1",
+        vec![leg("acc1", -10_00, "RUB"), leg("acc2", 10_00, "RUB")],
+    );
+    let first = store.abs_transfer(&t).await.unwrap();
+    let again = store.abs_transfer(&t).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.legs, first.legs);
+    assert_eq!(again.at, first.at);
+    let other = transfer(
+        "t1",
+        vec![leg("acc1", -20_00, "RUB"), leg("acc2", 20_00, "RUB")],
+    );
+    assert_eq!(
+        store.abs_transfer(&other).await,
+        Err(StoreError::Refused("idempotency_conflict"))
+    );
+    assert_eq!(account_balance(&*store, "acc1").await, 90_00);
+}
+
+async fn abs_transfer_concurrent_double_spend_one_wins(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let mut tasks = JoinSet::new();
+    for n in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            // Every one wants 80.00 of the 100.00: exactly one can have it. Half of them
+            // also reuse one id, which must move money once at most.
+            let id = if n % 2 == 0 {
+                "same".to_owned()
+            } else {
+                format!("t{n}")
+            };
+            store
+                .abs_transfer(&transfer(
+                    &id,
+                    vec![leg("acc1", -80_00, "RUB"), leg("acc2", 80_00, "RUB")],
+                ))
+                .await
+        });
+    }
+    let mut fresh = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(r) if !r.duplicate => fresh += 1,
+            Ok(_) | Err(StoreError::Refused("insufficient_funds")) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(account_balance(&*store, "acc1").await, 20_00);
+    assert_eq!(account_balance(&*store, "acc2").await, 80_00);
+    assert_sums_zero(&*store).await;
+}
+
+async fn abs_transfer_random_sequences_sum_to_zero(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let accounts = ["acc1", "acc2", "income-RUB", "pos-RUB"];
+    for step in 0..60 {
+        let from = accounts[next(4) as usize];
+        let to = accounts[next(4) as usize];
+        let amount = 1 + next(60_00) as i64;
+        let t = transfer(
+            &format!("r{}", step % 45), // some ids repeat: replays or conflicts
+            vec![leg(from, -amount, "RUB"), leg(to, amount, "RUB")],
+        );
+        let before = all_balances(&*store).await;
+        match store.abs_transfer(&t).await {
+            Ok(r) if r.duplicate => assert_eq!(all_balances(&*store).await, before),
+            Ok(_) => {}
+            Err(StoreError::Refused(_)) => assert_eq!(all_balances(&*store).await, before),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        for account in ["acc1", "acc2"] {
+            assert!(account_balance(&*store, account).await >= 0);
+        }
+        assert_sums_zero(&*store).await;
+    }
 }
 
 // ---- backend specific -------------------------------------------------------------------

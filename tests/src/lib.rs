@@ -36,6 +36,11 @@ pub fn arbat_binary() -> PathBuf {
     target.join("debug/arbat")
 }
 
+/// The Operation Studio definitions shipped in the repository (signed with the dev key).
+pub fn operations_dir() -> String {
+    format!("{}/../operations", env!("CARGO_MANIFEST_DIR"))
+}
+
 pub fn phone(n: u32) -> String {
     format!("+7999{n:07}")
 }
@@ -68,6 +73,8 @@ impl NodeSpec {
                 data_dir.display().to_string(),
                 "--backoffice-key".into(),
                 BACKOFFICE_KEY.into(),
+                "--operations-dir".into(),
+                operations_dir(),
             ],
         }
     }
@@ -94,6 +101,8 @@ impl NodeSpec {
                 "16".into(),
                 "--lease-ttl-ms".into(),
                 "2000".into(),
+                "--operations-dir".into(),
+                operations_dir(),
             ],
         }
     }
@@ -271,6 +280,26 @@ impl Client {
             request = request.bearer_auth(token);
         }
         let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A POST with an `Idempotency-Key` (payments, conversions).
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }

@@ -1,0 +1,1 @@
+K0DOxVdAo5pfGmtRCxP2n0swqn3k8C9SBcbqdx3daexPUUG6na94LavYS1RgpfNDComFFbK66EhL0Wkql9FmAg==

@@ -1,0 +1,1 @@
+iECPFP98heb22o9lITq5nW6v90sKzD18e6CcHkNhdyrypuMaIcCQw5oVH1WNRx36uneYwzhtDN7P5o+z73LoDw==

@@ -1,0 +1,1 @@
+XrgvLdAHoFBmgyg0w+LJH9A+wUFRJmFdlezkH34+W9Ntdsk5zskxEVRAtAp3RxgoiebQ9rR2krHQm0L/gup0Dg==

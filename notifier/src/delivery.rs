@@ -55,28 +55,38 @@ impl DeliverySink for ChannelSink {
     }
 }
 
-/// Counters per provider and result.
+/// Counters per provider and result. Counting looks up without allocating (the provider
+/// name is only copied the first time it is seen).
 #[derive(Default)]
 pub struct Metrics {
-    counters: DashMap<(String, &'static str), AtomicU64>,
+    counters: DashMap<String, DashMap<&'static str, AtomicU64>>,
 }
 
 impl Metrics {
     pub fn incr(&self, provider: &str, result: &'static str) {
-        if let Some(counter) = self.counters.get(&(provider.to_owned(), result)) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(results) = self.counters.get(provider) {
+            if let Some(counter) = results.get(result) {
+                counter.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            results
+                .entry(result)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.counters
-            .entry((provider.to_owned(), result))
+            .entry(provider.to_owned())
+            .or_default()
+            .entry(result)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn get(&self, provider: &str, result: &'static str) -> u64 {
         self.counters
-            .get(&(provider.to_owned(), result))
-            .map(|c| c.load(Ordering::Relaxed))
+            .get(provider)
+            .and_then(|results| results.get(result).map(|c| c.load(Ordering::Relaxed)))
             .unwrap_or(0)
     }
 
@@ -85,12 +95,11 @@ impl Metrics {
         let mut rows: Vec<_> = self
             .counters
             .iter()
-            .map(|e| {
-                (
-                    e.key().0.clone(),
-                    e.key().1,
-                    e.value().load(Ordering::Relaxed),
-                )
+            .flat_map(|p| {
+                p.value()
+                    .iter()
+                    .map(|r| (p.key().clone(), *r.key(), r.value().load(Ordering::Relaxed)))
+                    .collect::<Vec<_>>()
             })
             .collect();
         rows.sort();

@@ -2,6 +2,7 @@
 //! providers, records per-channel sends (dedupe by request id) and reports outcomes.
 //! The same code serves the JetStream queue (cluster) and the store queue (embedded).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use kernel::CustomerId;
 use rand::Rng;
 use time::OffsetDateTime;
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::delivery::{DeliverySink, Metrics};
@@ -21,7 +23,7 @@ use crate::providers::{Outgoing, Provider, SendError};
 use crate::queue::{Delivery, WorkQueue};
 use crate::resilience::{Backoff, Breaker, TokenBucket};
 use crate::routing::{self, Decision, Target};
-use crate::store::{NotifierStore, SendState};
+use crate::store::{NotifStoreError, NotifierStore, Prefetched, SendState};
 use crate::templates::{Rendered, Templates};
 
 /// The providers a node has; a channel without one fails its sends with `no_provider`.
@@ -105,7 +107,49 @@ pub struct Notifier {
     sink: Arc<dyn DeliverySink>,
     metrics: Arc<Metrics>,
     options: WorkerOptions,
-    guards: Mutex<HashMap<&'static str, Guard>>,
+    /// One guard per configured provider, built up front: a send locks only its own.
+    guards: HashMap<&'static str, Arc<Mutex<Guard>>>,
+    /// Guards of providers not known at construction (none in practice).
+    extra_guards: Mutex<HashMap<&'static str, Arc<Mutex<Guard>>>>,
+    /// Request ids being handled by this node's workers. A request whose lease lapsed while
+    /// it was still being handled (a long Retry-After, a slow provider) may be claimed again;
+    /// such a second copy is left alone (not settled) instead of being sent a second time.
+    in_flight: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Marks a request id in flight until dropped (also when the task is aborted).
+struct InFlight {
+    set: Arc<Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl InFlight {
+    fn take(set: &Arc<Mutex<std::collections::HashSet<String>>>, id: &str) -> Option<Self> {
+        let fresh = set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+        fresh.then(|| Self {
+            set: set.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// What the rate limit and the breaker say before a provider call.
+enum Gate {
+    Go,
+    Wait(Duration),
+    Open(Option<Duration>),
 }
 
 /// What became of one delivery.
@@ -134,6 +178,19 @@ impl Notifier {
         sink: Arc<dyn DeliverySink>,
         options: WorkerOptions,
     ) -> Arc<Self> {
+        let guards = [
+            &providers.fcm,
+            &providers.apns,
+            &providers.sms,
+            &providers.email,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let name = p.name();
+            (name, Arc::new(Mutex::new(new_guard(&options, name))))
+        })
+        .collect();
         Arc::new(Self {
             store,
             templates,
@@ -141,7 +198,9 @@ impl Notifier {
             sink,
             metrics: Arc::new(Metrics::default()),
             options,
-            guards: Mutex::new(HashMap::new()),
+            guards,
+            extra_guards: Mutex::new(HashMap::new()),
+            in_flight: Arc::default(),
         })
     }
 
@@ -154,6 +213,11 @@ impl Notifier {
     }
 
     /// Starts `workers` loops on `queue`, each handling up to `options.concurrency` at once.
+    ///
+    /// A loop claims as many requests as it has free slots (one claim per fetch), reads what
+    /// the store holds about them in one prefetch, and runs each as its own task; a slot is
+    /// refilled as soon as its request is settled, so one slow send does not hold back the
+    /// rest of its batch.
     pub fn spawn_workers(
         self: &Arc<Self>,
         queue: Arc<dyn WorkQueue>,
@@ -164,24 +228,8 @@ impl Notifier {
             .map(|_| {
                 let me = self.clone();
                 let queue = queue.clone();
-                let mut stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    while !*stop.borrow() {
-                        let batch = tokio::select! {
-                            batch = queue.fetch(me.options.concurrency, Duration::from_millis(200)) => batch,
-                            _ = stop.changed() => break,
-                        };
-                        match batch {
-                            Ok(batch) => {
-                                futures::future::join_all(batch.into_iter().map(|d| me.handle(d))).await;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "notifier queue fetch failed");
-                                tokio::time::sleep(Duration::from_millis(500)).await;
-                            }
-                        }
-                    }
-                })
+                let stop = stop_rx.clone();
+                tokio::spawn(async move { me.run(queue, stop).await })
             })
             .collect();
         WorkerHandle {
@@ -190,8 +238,120 @@ impl Notifier {
         }
     }
 
+    async fn run(
+        self: Arc<Self>,
+        queue: Arc<dyn WorkQueue>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let concurrency = self.options.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        // Dropping the set (the loop aborted) aborts the in-flight deliveries with it.
+        let mut running = JoinSet::new();
+        loop {
+            while running.try_join_next().is_some() {}
+            if *stop.borrow() {
+                break;
+            }
+            let free = tokio::select! {
+                free = free_slots(&slots, concurrency) => free,
+                _ = stop.changed() => break,
+            };
+            let batch = tokio::select! {
+                batch = queue.fetch(free, Duration::from_millis(200)) => batch,
+                _ = stop.changed() => break,
+            };
+            match batch {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(batch) => {
+                    let parsed: Vec<_> = batch
+                        .into_iter()
+                        .map(|d| {
+                            let request = NotificationRequest::from_json(&d.payload);
+                            (d, request)
+                        })
+                        .collect();
+                    let prefetched = self
+                        .prefetch(parsed.iter().filter_map(|(_, r)| r.as_ref().ok()))
+                        .await;
+                    for (delivery, request) in parsed {
+                        let marker = match &request {
+                            Ok(r) => match InFlight::take(&self.in_flight, &r.id) {
+                                Some(marker) => Some(marker),
+                                None => {
+                                    // Still being handled here: its settlement decides.
+                                    tracing::debug!(request_id = %r.id, "claimed again while in flight");
+                                    continue;
+                                }
+                            },
+                            Err(_) => None,
+                        };
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            // Cannot happen (only this loop takes slots); leave it to redelivery.
+                            continue;
+                        };
+                        let me = self.clone();
+                        let prefetched = prefetched.clone();
+                        running.spawn(async move {
+                            me.settle(delivery, request, prefetched.as_deref(), Some(permit))
+                                .await;
+                            drop(marker);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notifier queue fetch failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Reads preferences, devices and send records for a batch at once. On failure each
+    /// request reads for itself (and retries later if the store is really down).
+    async fn prefetch<'a>(
+        &self,
+        requests: impl Iterator<Item = &'a NotificationRequest>,
+    ) -> Option<Arc<Prefetched>> {
+        let mut customers = Vec::new();
+        let mut ids = Vec::new();
+        for r in requests {
+            customers.push(r.customer_id.clone());
+            ids.push(r.id.clone());
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        match self.store.prefetch(&customers, &ids).await {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(error = %e, "prefetching notification context failed");
+                None
+            }
+        }
+    }
+
     /// Handles one delivery to the end: ack, retry later, or dead-letter.
     pub async fn handle(&self, delivery: Delivery) {
+        let request = NotificationRequest::from_json(&delivery.payload);
+        let prefetched = self.prefetch(request.as_ref().ok().into_iter()).await;
+        self.settle(delivery, request, prefetched.as_deref(), None)
+            .await;
+    }
+
+    /// `slot` is given back once every channel is recorded, before the queue settles the
+    /// delivery: an ack needs no sending, and a lost one only means a redelivery that the
+    /// send records turn into an ack.
+    async fn settle(
+        &self,
+        delivery: Delivery,
+        request: Result<NotificationRequest, String>,
+        prefetched: Option<&Prefetched>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let attempt = delivery.attempt;
         let verdict = if attempt > self.options.max_deliveries {
             Verdict::DeadLetter(format!(
@@ -199,9 +359,13 @@ impl Notifier {
                 self.options.max_deliveries
             ))
         } else {
-            self.process(&delivery.payload).await
+            match &request {
+                Ok(request) => self.process(request, prefetched).await,
+                Err(reason) => Verdict::DeadLetter(reason.clone()),
+            }
         };
-        let request = NotificationRequest::from_json(&delivery.payload).ok();
+        let request = request.ok();
+        drop(slot);
         let settled = match verdict {
             Verdict::Done => delivery.ack().await,
             Verdict::Defer(after) => delivery.retry(after).await,
@@ -263,25 +427,39 @@ impl Notifier {
         self.sink.report(outcome).await;
     }
 
-    async fn process(&self, payload: &[u8]) -> Verdict {
-        let request = match NotificationRequest::from_json(payload) {
-            Ok(r) => r,
-            Err(reason) => return Verdict::DeadLetter(reason),
-        };
-        let store_retry = |e: crate::store::NotifStoreError| Verdict::Retry {
+    async fn process(
+        &self,
+        request: &NotificationRequest,
+        prefetched: Option<&Prefetched>,
+    ) -> Verdict {
+        let store_retry = |e: NotifStoreError| Verdict::Retry {
             reason: e.to_string(),
             after: None,
         };
-        let prefs = match self.store.preferences(&request.customer_id).await {
-            Ok(p) => p.unwrap_or_default(),
-            Err(e) => return store_retry(e),
+        let (prefs, devices): (Cow<'_, Preferences>, Cow<'_, [Device]>) = match prefetched {
+            Some(pre) => (
+                pre.preferences
+                    .get(&request.customer_id)
+                    .map_or_else(|| Cow::Owned(Preferences::default()), Cow::Borrowed),
+                pre.devices
+                    .get(&request.customer_id)
+                    .map_or(Cow::Borrowed(&[][..]), |d| Cow::Borrowed(d.as_slice())),
+            ),
+            None => {
+                let prefs = match self.store.preferences(&request.customer_id).await {
+                    Ok(p) => p.unwrap_or_default(),
+                    Err(e) => return store_retry(e),
+                };
+                let devices = match self.store.devices(&request.customer_id).await {
+                    Ok(d) => d,
+                    Err(e) => return store_retry(e),
+                };
+                (Cow::Owned(prefs), Cow::Owned(devices))
+            }
         };
-        let devices = match self.store.devices(&request.customer_id).await {
-            Ok(d) => d,
-            Err(e) => return store_retry(e),
-        };
+        let prefs: &Preferences = &prefs;
         let now = OffsetDateTime::now_utc();
-        let (steps, skipped) = match routing::plan(&request, &prefs, &devices, now) {
+        let (steps, skipped) = match routing::plan(request, prefs, &devices, now) {
             Decision::Defer { until } => {
                 let wait = (until - now).try_into().unwrap_or(Duration::from_secs(60));
                 return Verdict::Defer(wait);
@@ -290,24 +468,27 @@ impl Notifier {
         };
         let language = request.language.or(prefs.language);
         let mut renders: HashMap<Language, Rendered> = HashMap::new();
-        let main = match self.render(&request, &prefs, language, &mut renders) {
+        let main = match self.render(request, prefs, language, &mut renders) {
             Ok(r) => r,
             Err(reason) => return Verdict::DeadLetter(reason),
         };
         let mut retry: Option<SendError> = None;
         for (channel, why) in skipped {
-            self.finish(&request, channel, None, StepResult::Failed(why.to_owned()))
+            self.finish(request, channel, None, StepResult::Failed(why.to_owned()))
                 .await;
         }
         for step in steps {
             let channel = step.target.channel();
-            match self.store.send_state(&request.id, channel).await {
-                Ok(Some(_)) => continue,
+            match self.already_final(prefetched, &request.id, channel).await {
+                Ok(Some(state)) => {
+                    self.report_again(request, channel, state).await;
+                    continue;
+                }
                 Ok(None) => {}
                 Err(e) => return store_retry(e),
             }
             let (result, provider) = self
-                .run_target(&request, &prefs, &step.target, &main, &mut renders)
+                .run_target(request, prefs, &step.target, &main, &mut renders)
                 .await;
             let reached = matches!(result, StepResult::Accepted);
             if !reached && let Some(fallback) = &step.fallback {
@@ -318,7 +499,7 @@ impl Notifier {
                     StepResult::Accepted => String::new(),
                 };
                 self.finish(
-                    &request,
+                    request,
                     channel,
                     provider,
                     StepResult::Failed(format!(
@@ -328,25 +509,31 @@ impl Notifier {
                 )
                 .await;
                 let fallback_channel = fallback.channel();
-                match self.store.send_state(&request.id, fallback_channel).await {
-                    Ok(Some(_)) => continue,
+                match self
+                    .already_final(prefetched, &request.id, fallback_channel)
+                    .await
+                {
+                    Ok(Some(state)) => {
+                        self.report_again(request, fallback_channel, state).await;
+                        continue;
+                    }
                     Ok(None) => {}
                     Err(e) => return store_retry(e),
                 }
                 let (result, provider) = self
-                    .run_target(&request, &prefs, fallback, &main, &mut renders)
+                    .run_target(request, prefs, fallback, &main, &mut renders)
                     .await;
                 if let StepResult::Retry(e) = &result {
                     retry.get_or_insert(e.clone());
                 }
-                self.finish(&request, fallback_channel, provider, result)
+                self.finish(request, fallback_channel, provider, result)
                     .await;
                 continue;
             }
             if let StepResult::Retry(e) = &result {
                 retry.get_or_insert(e.clone());
             }
-            self.finish(&request, channel, provider, result).await;
+            self.finish(request, channel, provider, result).await;
         }
         match retry {
             None => Verdict::Done,
@@ -362,6 +549,51 @@ impl Notifier {
                 after: None,
             },
         }
+    }
+
+    /// Whether a final state is recorded for the channel (from the batch's prefetch when
+    /// there is one: a request is handled by one worker at a time, so it cannot go stale).
+    async fn already_final(
+        &self,
+        prefetched: Option<&Prefetched>,
+        request_id: &str,
+        channel: Channel,
+    ) -> Result<Option<SendState>, NotifStoreError> {
+        match prefetched {
+            Some(pre) => Ok(pre.sends.get(&(request_id.to_owned(), channel)).copied()),
+            None => self.store.send_state(request_id, channel).await,
+        }
+    }
+
+    /// Reports a channel's recorded final state again. A worker killed between recording a
+    /// send and reporting it leaves the outcome unreported; the redelivery skips the send
+    /// (never twice on a channel) but must still report, so the customer's feed gets its
+    /// `notification` event. Sinks are idempotent (the feed drops a repeated outcome id).
+    async fn report_again(
+        &self,
+        request: &NotificationRequest,
+        channel: Channel,
+        state: SendState,
+    ) {
+        let (status, reason) = match state {
+            SendState::Sent => (OutcomeStatus::Accepted, None),
+            SendState::Failed => (
+                OutcomeStatus::Failed,
+                Some("recorded before a redelivery".to_owned()),
+            ),
+        };
+        self.sink
+            .report(DeliveryOutcome {
+                request_id: request.id.clone(),
+                customer_id: Some(request.customer_id.clone()),
+                kind: Some(request.kind),
+                channel: Some(channel),
+                status,
+                provider: None,
+                reason,
+                at: kernel::now(),
+            })
+            .await;
     }
 
     fn render(
@@ -401,10 +633,7 @@ impl Notifier {
             StepResult::Failed(reason) => (SendState::Failed, OutcomeStatus::Failed, Some(reason)),
             StepResult::Retry(_) => return,
         };
-        if let Err(e) = self.store.record_send(&request.id, channel, state).await {
-            tracing::warn!(error = %e, "recording a send failed");
-        }
-        self.report(DeliveryOutcome {
+        let outcome = DeliveryOutcome {
             request_id: request.id.clone(),
             customer_id: Some(request.customer_id.clone()),
             kind: Some(request.kind),
@@ -413,8 +642,16 @@ impl Notifier {
             provider: provider.map(str::to_owned),
             reason,
             at: kernel::now(),
-        })
-        .await;
+        };
+        // The send record and the outcome in one (group-committed) write.
+        if let Err(e) = self
+            .store
+            .record_final(&request.id, channel, state, &outcome)
+            .await
+        {
+            tracing::warn!(error = %e, "recording a send failed");
+        }
+        self.sink.report(outcome).await;
     }
 
     async fn run_target(
@@ -567,36 +804,32 @@ impl Notifier {
     async fn send_guarded(&self, provider: &Arc<dyn Provider>, message: &Outgoing) -> StepResult {
         let name = provider.name();
         for attempt in 1..=self.options.inline_attempts.max(1) {
-            // Rate limit: wait for a token.
+            // Rate limit (wait for a token), then the breaker; one lock of this provider's guard.
+            let guard = self.guard(name);
             loop {
-                let wait = {
-                    let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
-                    let guard = self.guard(&mut guards, name);
-                    guard.bucket.try_take(Instant::now())
+                let gate = {
+                    let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    match g.bucket.try_take(now) {
+                        Err(wait) => Gate::Wait(wait),
+                        Ok(()) if g.breaker.allow(now) => Gate::Go,
+                        Ok(()) => Gate::Open(g.breaker.retry_in(now)),
+                    }
                 };
-                match wait {
-                    Ok(()) => break,
-                    Err(wait) => {
+                match gate {
+                    Gate::Go => break,
+                    Gate::Wait(wait) => {
                         self.metrics.incr(name, "rate_limited");
                         tokio::time::sleep(wait).await;
                     }
+                    Gate::Open(retry_after) => {
+                        self.metrics.incr(name, "breaker_open");
+                        return StepResult::Retry(SendError::Retryable {
+                            reason: format!("{name}: circuit open"),
+                            retry_after,
+                        });
+                    }
                 }
-            }
-            let allowed = {
-                let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
-                let guard = self.guard(&mut guards, name);
-                if guard.breaker.allow(Instant::now()) {
-                    Ok(())
-                } else {
-                    Err(guard.breaker.retry_in(Instant::now()))
-                }
-            };
-            if let Err(retry_after) = allowed {
-                self.metrics.incr(name, "breaker_open");
-                return StepResult::Retry(SendError::Retryable {
-                    reason: format!("{name}: circuit open"),
-                    retry_after,
-                });
             }
             let result =
                 match tokio::time::timeout(self.options.provider_timeout, provider.send(message))
@@ -607,12 +840,11 @@ impl Notifier {
                 };
             let healthy = !matches!(result, Err(SendError::Retryable { .. }));
             {
-                let mut guards = self.guards.lock().unwrap_or_else(|e| e.into_inner());
-                let guard = self.guard(&mut guards, name);
+                let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
                 if healthy {
-                    guard.breaker.on_success();
+                    g.breaker.on_success();
                 } else {
-                    guard.breaker.on_failure(Instant::now());
+                    g.breaker.on_failure(Instant::now());
                 }
             }
             match result {
@@ -653,27 +885,43 @@ impl Notifier {
         StepResult::Retry(SendError::retryable(format!("{name}: attempts exhausted")))
     }
 
-    fn guard<'a>(
-        &self,
-        guards: &'a mut HashMap<&'static str, Guard>,
-        name: &'static str,
-    ) -> &'a mut Guard {
-        guards.entry(name).or_insert_with(|| {
-            let limit = self
-                .options
-                .rate_limits
-                .get(name)
-                .copied()
-                .unwrap_or(self.options.default_rate_limit);
-            Guard {
-                bucket: TokenBucket::new(limit.burst, limit.per_second, Instant::now()),
-                breaker: Breaker::new(
-                    self.options.breaker_threshold,
-                    self.options.breaker_cooldown,
-                ),
-            }
-        })
+    fn guard(&self, name: &'static str) -> Arc<Mutex<Guard>> {
+        if let Some(guard) = self.guards.get(name) {
+            return guard.clone();
+        }
+        self.extra_guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name)
+            .or_insert_with(|| Arc::new(Mutex::new(new_guard(&self.options, name))))
+            .clone()
     }
+}
+
+fn new_guard(options: &WorkerOptions, name: &str) -> Guard {
+    let limit = options
+        .rate_limits
+        .get(name)
+        .copied()
+        .unwrap_or(options.default_rate_limit);
+    Guard {
+        bucket: TokenBucket::new(limit.burst, limit.per_second, Instant::now()),
+        breaker: Breaker::new(options.breaker_threshold, options.breaker_cooldown),
+    }
+}
+
+/// Waits for a free slot, then up to a millisecond for half of them, so that a busy worker
+/// claims in batches rather than one request per freed slot; returns how many are free.
+async fn free_slots(slots: &Semaphore, concurrency: usize) -> usize {
+    if slots.available_permits() == 0 {
+        drop(slots.acquire().await);
+    }
+    let half = (concurrency / 2).max(1);
+    if slots.available_permits() < half {
+        let wait = slots.acquire_many(u32::try_from(half).unwrap_or(u32::MAX));
+        drop(tokio::time::timeout(Duration::from_millis(1), wait).await);
+    }
+    slots.available_permits().max(1)
 }
 
 /// Outside push, a dead recipient is a final failure of the channel.

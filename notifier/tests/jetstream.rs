@@ -137,3 +137,52 @@ async fn jetstream_work_queue_delivers_dedupes_survives_a_kill_and_dead_letters(
         .to_owned();
     assert!(reason.starts_with("malformed request"), "{reason}");
 }
+
+/// A worker's retry is a delayed NAK (`AckKind::Nak(Some(delay))`): the message comes back
+/// after the worker's own backoff, not after the consumer's `ack_wait`/`backoff` steps, which
+/// only apply when a worker vanishes without settling.
+#[tokio::test]
+async fn jetstream_retry_is_a_delayed_nak_not_the_consumer_backoff() {
+    let server = testkit::NatsServer::start().unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let queue = JetStreamQueue::connect(
+        client,
+        JetStreamQueueConfig {
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    queue.enqueue(&code(1)).await.unwrap();
+    let first = queue.fetch(1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].attempt, 1);
+    let naked_at = std::time::Instant::now();
+    first
+        .into_iter()
+        .next()
+        .unwrap()
+        .retry(Duration::from_secs(2))
+        .await
+        .unwrap();
+    let early = queue.fetch(1, Duration::from_millis(100)).await.unwrap();
+    assert!(early.is_empty(), "not before the delay");
+    let again = testkit::eventually("redelivered", Duration::from_secs(10), || {
+        let queue = queue.clone();
+        async move {
+            let batch = queue.fetch(1, Duration::from_millis(100)).await.unwrap();
+            (!batch.is_empty()).then_some(batch)
+        }
+    })
+    .await;
+    let waited = naked_at.elapsed();
+    assert_eq!(again[0].attempt, 2);
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+        "after the NAK delay, long before ack_wait (30 s): {waited:?}"
+    );
+    for d in again {
+        d.ack().await.unwrap();
+    }
+}

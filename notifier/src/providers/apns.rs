@@ -63,7 +63,10 @@ pub struct Apns {
     config: ApnsConfig,
     key: jsonwebtoken::EncodingKey,
     client: reqwest::Client,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The current provider token and when it was made (read without waiting).
+    token: std::sync::RwLock<Option<(String, Instant)>>,
+    /// Held while signing a new token.
+    refresh: Mutex<()>,
 }
 
 impl Apns {
@@ -76,17 +79,30 @@ impl Apns {
             client: super::http_client(config.timeout, prior_knowledge),
             key,
             config,
-            token: Mutex::new(None),
+            token: std::sync::RwLock::new(None),
+            refresh: Mutex::new(()),
         })
     }
 
+    fn cached_token(&self) -> Option<(String, Instant)> {
+        let cached = self.token.read().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|(_, made)| made.elapsed() < self.config.token_lifetime)
+            .cloned()
+    }
+
     async fn provider_token(&self, force: bool) -> Result<String, SendError> {
-        let mut cached = self.token.lock().await;
-        if !force
-            && let Some((token, made)) = cached.as_ref()
-            && made.elapsed() < self.config.token_lifetime
+        let seen = self.cached_token();
+        if !force && let Some((token, _)) = seen {
+            return Ok(token);
+        }
+        let _signing = self.refresh.lock().await;
+        // Another send may have made a new one meanwhile (newer than the one we saw).
+        if let Some((token, made)) = self.cached_token()
+            && (!force || seen.as_ref().is_none_or(|(_, old)| made > *old))
         {
-            return Ok(token.clone());
+            return Ok(token);
         }
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.config.key_id.clone());
@@ -98,7 +114,8 @@ impl Apns {
             jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| SendError::Rejected {
                 reason: format!("apns: signing the provider token: {e}"),
             })?;
-        *cached = Some((token.clone(), Instant::now()));
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((token.clone(), Instant::now()));
         Ok(token)
     }
 

@@ -74,7 +74,10 @@ pub struct Fcm {
     config: FcmConfig,
     key: jsonwebtoken::EncodingKey,
     client: reqwest::Client,
-    token: Mutex<Option<CachedToken>>,
+    /// The current token: read by every send without waiting on one another.
+    token: std::sync::RwLock<Option<CachedToken>>,
+    /// Held while fetching a token, so that only one fetch runs at a time.
+    refresh: Mutex<()>,
 }
 
 #[derive(Deserialize)]
@@ -96,8 +99,17 @@ impl Fcm {
             client: super::http_client(config.timeout, false),
             key,
             config,
-            token: Mutex::new(None),
+            token: std::sync::RwLock::new(None),
+            refresh: Mutex::new(()),
         })
+    }
+
+    fn cached_token(&self) -> Option<String> {
+        let cached = self.token.read().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|t| Instant::now() < t.refresh_at)
+            .map(|t| t.token.clone())
     }
 
     fn assertion(&self) -> Result<String, SendError> {
@@ -121,11 +133,13 @@ impl Fcm {
 
     /// The cached access token, fetched or refreshed when missing or about to expire.
     pub async fn access_token(&self) -> Result<String, SendError> {
-        let mut cached = self.token.lock().await;
-        if let Some(token) = cached.as_ref()
-            && Instant::now() < token.refresh_at
-        {
-            return Ok(token.token.clone());
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        let _refreshing = self.refresh.lock().await;
+        // Another send may have fetched one while this one waited.
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
         }
         let assertion = self.assertion()?;
         let response = self
@@ -150,7 +164,7 @@ impl Fcm {
         })?;
         let lifetime = Duration::from_secs(answer.expires_in);
         let refresh_at = Instant::now() + lifetime.saturating_sub(self.config.refresh_skew);
-        *cached = Some(CachedToken {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(CachedToken {
             token: answer.access_token.clone(),
             refresh_at,
         });
@@ -159,7 +173,7 @@ impl Fcm {
     }
 
     async fn invalidate_token(&self) {
-        *self.token.lock().await = None;
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The exact body FCM HTTP v1 expects.

@@ -6,10 +6,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Outgoing, Provider, SendError};
+
+/// Pooled SMTP connections kept open. lettre closes a connection that comes back to a full
+/// pool, so this must cover a worker's concurrency, or every send beyond it pays a fresh
+/// connect + EHLO + QUIT.
+pub const POOL_SIZE: u32 = 64;
 
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -62,7 +68,10 @@ impl Smtp {
             builder = builder.credentials(Credentials::new(user, pass));
         }
         Ok(Self {
-            transport: builder.timeout(Some(timeout)).build(),
+            transport: builder
+                .timeout(Some(timeout))
+                .pool_config(PoolConfig::new().max_size(POOL_SIZE))
+                .build(),
             from,
         })
     }

@@ -158,6 +158,8 @@ impl Settle for JsSettle {
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
         self.message.double_ack().await.map_err(err)
     }
+    /// A delayed NAK: redelivered after `delay` (the worker's backoff), independent of the
+    /// consumer's `backoff`, which only paces redelivery after an ack timeout.
     async fn retry(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {
         self.message
             .ack_with(AckKind::Nak(Some(delay)))

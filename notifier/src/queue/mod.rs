@@ -2,10 +2,16 @@
 //!
 //! - [`JetStreamQueue`] (cluster): stream `NOTIFY` (work-queue retention, file storage, dedupe
 //!   by `Nats-Msg-Id` = request id), one durable pull consumer per priority shared by every
-//!   worker on every node, explicit acks after the provider accepted, redelivery on ack
-//!   timeout with backoff, dead letters in stream `NOTIFY_DLQ` with the reason in a header.
+//!   worker on every node, explicit acks after the provider accepted, dead letters in stream
+//!   `NOTIFY_DLQ` with the reason in a header. Two kinds of redelivery: a worker's retry is a
+//!   *delayed NAK* (`AckKind::Nak(Some(delay))`, the delay from the worker's own
+//!   `redelivery` backoff and any Retry-After); the consumer's `ack_wait` + `backoff` steps
+//!   only apply when a worker vanishes without settling (killed, partitioned).
 //! - [`StoreQueue`] (embedded): a `notif_queue` table with leases; a killed worker's items
 //!   come back when their lease (visibility timeout) runs out; dead letters in `notif_dead`.
+//!   A claim is one statement for a whole batch (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so
+//!   concurrent claimers never take the same item nor wait on each other); acks are
+//!   group-committed with the send records.
 
 mod jetstream;
 mod store;

@@ -13,12 +13,17 @@ fn unavailable(e: NotifStoreError) -> QueueError {
 }
 
 /// The embedded queue over [`SqlStore`]'s `notif_queue` table.
+///
+/// An idle `fetch` polls the table; an enqueue through this queue (or a handle from
+/// [`StoreQueue::with_new_owner`]) wakes it at once, so in-process requests do not wait for
+/// the next poll.
 #[derive(Clone)]
 pub struct StoreQueue {
     store: Arc<SqlStore>,
     owner: Arc<str>,
     lease: Duration,
     poll: Duration,
+    queued: Arc<tokio::sync::Notify>,
 }
 
 impl StoreQueue {
@@ -30,6 +35,7 @@ impl StoreQueue {
             owner: uuid::Uuid::new_v4().to_string().into(),
             lease,
             poll: Duration::from_millis(25),
+            queued: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -89,6 +95,7 @@ impl WorkQueue for StoreQueue {
             .queue_push(id, priority.rank(), payload)
             .await
             .map_err(unavailable)?;
+        self.queued.notify_waiters();
         Ok(())
     }
 
@@ -96,6 +103,8 @@ impl WorkQueue for StoreQueue {
         let deadline = tokio::time::Instant::now() + wait;
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(60_000);
         loop {
+            // Registered before the claim, so an enqueue right after it is not missed.
+            let queued = self.queued.notified();
             let rows = self
                 .store
                 .queue_claim(&self.owner, lease_ms, u32::try_from(max).unwrap_or(64))
@@ -117,7 +126,10 @@ impl WorkQueue for StoreQueue {
                     })
                     .collect());
             }
-            tokio::time::sleep(self.poll).await;
+            let nap = self
+                .poll
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let _ = tokio::time::timeout(nap, queued).await;
         }
     }
 }

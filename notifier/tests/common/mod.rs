@@ -22,6 +22,8 @@ pub struct Recorded {
     pub version: hyper::Version,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// When the server had read the whole request.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -115,6 +117,7 @@ impl MockHttp {
                                 version: parts.version,
                                 headers: parts.headers,
                                 body,
+                                at: std::time::Instant::now(),
                             };
                             let index = {
                                 let mut all = recorded.lock().unwrap();
@@ -167,6 +170,8 @@ pub struct Mail {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// When the server had the whole message.
+    pub at: std::time::Instant,
 }
 
 /// A minimal SMTP server (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT), plain text.
@@ -218,6 +223,7 @@ impl MockSmtp {
                                     from: from.clone(),
                                     to: std::mem::take(&mut to),
                                     data,
+                                    at: std::time::Instant::now(),
                                 });
                                 b"250 queued\r\n"
                             } else if upper == "QUIT" {
@@ -241,6 +247,9 @@ impl MockSmtp {
     }
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.mails.lock().unwrap().len()
     }
 }
 

@@ -91,8 +91,22 @@ impl CustomerActor {
                 .get(id)
                 .map(|p| p.answer())
                 .ok_or_else(CallError::not_found),
+            CustomerRequest::Held { challenge_id } => state
+                .held
+                .get(challenge_id)
+                .map(|order| {
+                    json!({
+                        "payment_id": order.payment_id,
+                        "operation": order.operation,
+                        "amount": order.amount,
+                        "payee": domain::payments::payee_key(&order.to),
+                    })
+                })
+                .ok_or_else(CallError::not_found),
             CustomerRequest::MarkRead { .. }
             | CustomerRequest::Apply { .. }
+            | CustomerRequest::Hold { .. }
+            | CustomerRequest::Confirm { .. }
             | CustomerRequest::Pay { .. } => Err(CallError::new("internal", "not a read")),
         }
     }
@@ -168,6 +182,18 @@ impl Handler<Ask> for CustomerActor {
         match request {
             CustomerRequest::Apply { changes } => self.apply(changes),
             CustomerRequest::Pay { order } => self.pay(order),
+            CustomerRequest::Hold {
+                order,
+                challenge_id,
+            } => self.hold(order, challenge_id),
+            CustomerRequest::Confirm { challenge_id } => match self.state.held.get(&challenge_id) {
+                Some(order) => {
+                    let mut order = order.clone();
+                    order.confirmed = true;
+                    self.pay(order)
+                }
+                None => AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found())))),
+            },
             CustomerRequest::MarkRead { up_to_seq } => {
                 let store = self.deps.store.clone();
                 let id = self.state.customer_id.clone();
@@ -288,6 +314,12 @@ impl CustomerActor {
             Ok(PaymentCheck::Replay(answer)) => {
                 return AtomicResponse::new(Box::pin(fut::ready(Ok(answer))));
             }
+            // The gateway opens a step-up challenge and comes back with `Hold`.
+            Ok(PaymentCheck::ConfirmationRequired) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(
+                    json!({"status": "confirmation_required"}),
+                ))));
+            }
             Ok(PaymentCheck::Proceed) => {}
         }
         let command = PaymentCommand {
@@ -395,6 +427,56 @@ impl CustomerActor {
                 .boxed_local()
         });
         AtomicResponse::new(Box::pin(work))
+    }
+}
+
+impl CustomerActor {
+    /// Journals a payment waiting for its step-up challenge. A concurrent duplicate (same
+    /// key) finds the first one held and gets its answer (and challenge) back.
+    fn hold(
+        &mut self,
+        order: domain::payments::PaymentOrder,
+        challenge_id: String,
+    ) -> AtomicResponse<Self, Result<Value, CallError>> {
+        use domain::payments::PaymentCheck;
+        match self.state.check_payment(&order, kernel::now()) {
+            Err(rejection) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(CallError::new(
+                    rejection.code(),
+                    rejection.to_string(),
+                )))));
+            }
+            Ok(PaymentCheck::Replay(answer)) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Ok(answer))));
+            }
+            Ok(PaymentCheck::Proceed | PaymentCheck::ConfirmationRequired) => {}
+        }
+        let draft = CustomerState::hold_event(&order, &challenge_id, kernel::now());
+        let decisions: Vec<Decision> = vec![(draft.id.clone(), Ok(vec![draft]))];
+        let contact = Contact {
+            phone: self.state.phone.clone(),
+            language: self.state.language.clone(),
+        };
+        let work = commit_decisions(
+            self.deps.store.clone(),
+            self.state.customer_id.clone(),
+            contact,
+            self.state.version,
+            decisions,
+            self.snapshot_if_due(),
+        );
+        let payment_id = order.payment_id;
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, actor: &mut CustomerActor, ctx| {
+                actor.fold_committed(result, ctx)?;
+                actor
+                    .state
+                    .payments
+                    .get(&payment_id)
+                    .map(|p| p.answer())
+                    .ok_or_else(|| CallError::new("internal", "payment not recorded"))
+            },
+        )))
     }
 }
 

@@ -34,6 +34,16 @@ pub enum CustomerRequest {
     },
     /// `GET /v1/payments/{id}`.
     Payment { id: String },
+    /// Journals a payment that needs a step-up confirmation with its challenge
+    /// (`payment_status` `confirmation_required`, the order inside); nothing moves.
+    Hold {
+        order: domain::payments::PaymentOrder,
+        challenge_id: String,
+    },
+    /// The binding of a held payment (`operation`, `amount`, `payee`), or `not_found`.
+    Held { challenge_id: String },
+    /// The challenge was confirmed: executes exactly the held payment.
+    Confirm { challenge_id: String },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -162,7 +162,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/auth/register", post(manager::register))
         .route("/v1/auth/login", post(manager::login))
-        .route("/v1/auth/challenges/{id}/confirm", post(manager::confirm))
+        .route("/v1/auth/challenges/{id}/confirm", post(payments::confirm))
         .route("/v1/auth/refresh", post(manager::refresh))
         .route("/v1/auth/logout", post(manager::logout))
         .route("/v1/auth/step-up", post(manager::step_up))

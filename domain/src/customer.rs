@@ -87,6 +87,13 @@ pub struct CustomerState {
     /// (`*` for all operations).
     #[serde(default)]
     pub spent: BTreeMap<String, i64>,
+    /// Payees the customer has paid (`payee_key`s of completed payments), for step-up.
+    #[serde(default)]
+    pub known_payees: std::collections::BTreeSet<String>,
+    /// Payments held for a step-up confirmation, by challenge id (kept after they complete,
+    /// so a replayed code is still recognised; the newest `HELD_PAYMENTS`).
+    #[serde(default)]
+    pub held: BTreeMap<String, crate::payments::PaymentOrder>,
 }
 
 /// An event the rules want to record; the shell gives it a seq and commits it.
@@ -161,6 +168,8 @@ impl CustomerState {
             read_seq: 0,
             payments: BTreeMap::new(),
             spent: BTreeMap::new(),
+            known_payees: Default::default(),
+            held: BTreeMap::new(),
         }
     }
 

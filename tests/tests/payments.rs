@@ -503,3 +503,152 @@ async fn a_tampered_definition_is_refused_and_hot_reload_picks_changes() {
     })
     .await;
 }
+
+async fn node_with_sms() -> (ArbatProcess, tests::SmsGateway, tempdir::TempDir) {
+    let sms = tests::SmsGateway::start().await.unwrap();
+    let dir = tempdir::TempDir::new();
+    let mut spec = NodeSpec::embedded(&dir.0);
+    spec.env.push(("ARBAT_SMS_URL".into(), sms.url.clone()));
+    let node = ArbatProcess::start(spec).await.expect("node starts");
+    (node, sms, dir)
+}
+
+async fn confirm(client: &tests::Client, token: &str, id: &str, body: Value) -> (u16, Value) {
+    client
+        .post(
+            &format!("/v1/auth/challenges/{id}/confirm"),
+            Some(token),
+            body,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_payment_waits_for_a_step_up_code_bound_to_it() {
+    let (node, sms, _dir) = node_with_sms().await;
+    let client = node.client();
+    let alice = client.login(10).await.unwrap();
+    let bob = client.login(11).await.unwrap();
+    let start = balance(&client, &alice, "accounts", &account(10)).await;
+    let bob_start = balance(&client, &bob, "accounts", &account(11)).await;
+    let pay = |amount: &str| {
+        json!({"operation": "transfer.phone", "from": account(10), "amount": rub(amount),
+            "fields": {"phone": tests::phone(11)}})
+    };
+
+    // Above the threshold: 201 confirmation_required, nothing moves.
+    let (status, held) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{held}");
+    assert_eq!(held["status"], "confirmation_required");
+    let challenge = held["challenge_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        start
+    );
+    // A retry with the same key answers the same challenge (no second code).
+    let (status, again) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &held));
+    let code = sms.code_for(&tests::phone(10), 0).await.unwrap();
+    assert_eq!(sms.count_to(&tests::phone(10)), 1);
+    // Another customer cannot confirm it.
+    let (status, _) = confirm(&client, &bob, &challenge, json!({"code": code})).await;
+    assert_eq!(status, 404);
+
+    // The code executes exactly that payment.
+    let (status, paid) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "completed");
+    assert_eq!(paid["id"], held["id"]);
+    assert_eq!(paid["amount"]["amount"], "60000.00");
+    let after = format!(
+        "{:.2}",
+        start.parse::<f64>().unwrap() - 60000.0 // test arithmetic only
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+    tests::eventually("bob credited", WAIT, || async {
+        (balance(&client, &bob, "accounts", &account(11)).await != bob_start).then_some(())
+    })
+    .await;
+    // Replaying the code: refused, nothing moves again.
+    let (status, problem) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!((status, problem["code"].as_str()), (410, Some("code_used")));
+    let (status, replay) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, replay["status"].as_str()),
+        (201, Some("completed"))
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+
+    // A code presented for another amount: refused (and spent), nothing moves.
+    let (status, held) = client
+        .post_idempotent("/v1/payments", &alice, "s2", pay("70000.00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, held["status"].as_str()),
+        (201, Some("confirmation_required"))
+    );
+    let challenge = held["challenge_id"].as_str().unwrap().to_owned();
+    let code = sms.code_for(&tests::phone(10), 1).await.unwrap();
+    let other = json!({"code": code, "operation": {"operation": "transfer.phone",
+        "amount": rub("70000.01"), "payee": format!("phone:{}", tests::phone(11))}});
+    let (status, problem) = confirm(&client, &alice, &challenge, other).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("operation_mismatch"))
+    );
+    let (status, problem) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!((status, problem["code"].as_str()), (410, Some("code_used")));
+    // A code of one payment does not confirm another.
+    let (_, third) = client
+        .post_idempotent("/v1/payments", &alice, "s3", pay("50000.01"))
+        .await
+        .unwrap();
+    assert_eq!(third["status"], "confirmation_required");
+    let (status, problem) = confirm(
+        &client,
+        &alice,
+        third["challenge_id"].as_str().unwrap(),
+        json!({"code": code}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_code"))
+    );
+    let id = held["id"].as_str().unwrap();
+    let (status, read) = client
+        .get(&format!("/v1/payments/{id}"), Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, read["status"].as_str()),
+        (200, Some("confirmation_required"))
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+    // At or below the threshold a known payee is paid at once.
+    let (status, small) = client
+        .post_idempotent("/v1/payments", &alice, "s4", pay("50000.00"))
+        .await
+        .unwrap();
+    assert_eq!((status, small["status"].as_str()), (201, Some("completed")));
+}

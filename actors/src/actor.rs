@@ -103,7 +103,18 @@ impl CustomerActor {
                     })
                 })
                 .ok_or_else(CallError::not_found),
+            CustomerRequest::Templates => Ok(json!({
+                "items": state.templates.values().map(|t| t.answer()).collect::<Vec<_>>(),
+                "next_cursor": null,
+            })),
+            CustomerRequest::Template { id } => state
+                .templates
+                .get(id)
+                .map(|t| json!(t))
+                .ok_or_else(CallError::not_found),
             CustomerRequest::MarkRead { .. }
+            | CustomerRequest::SaveTemplate { .. }
+            | CustomerRequest::DeleteTemplate { .. }
             | CustomerRequest::Apply { .. }
             | CustomerRequest::Hold { .. }
             | CustomerRequest::Confirm { .. }
@@ -186,6 +197,37 @@ impl Handler<Ask> for CustomerActor {
                 order,
                 challenge_id,
             } => self.hold(order, challenge_id),
+            CustomerRequest::SaveTemplate { template } => {
+                use domain::templates::TemplateCheck;
+                match self.state.check_template(&template) {
+                    Err(rejection) => AtomicResponse::new(Box::pin(fut::ready(Err(
+                        CallError::new(rejection.code(), rejection.to_string()),
+                    )))),
+                    Ok(TemplateCheck::Replay(answer)) => {
+                        AtomicResponse::new(Box::pin(fut::ready(Ok(answer))))
+                    }
+                    Ok(TemplateCheck::Save) => {
+                        let draft = CustomerState::template_saved(&template, kernel::now());
+                        let id = template.id;
+                        self.commit_draft(draft, move |state| {
+                            state.templates.get(&id).map(|t| t.answer()).ok_or_else(|| {
+                                CallError::new(
+                                    "idempotency_conflict",
+                                    "this Idempotency-Key created a template that was deleted",
+                                )
+                            })
+                        })
+                    }
+                }
+            }
+            CustomerRequest::DeleteTemplate { id } => {
+                if self.state.templates.contains_key(&id) {
+                    let draft = CustomerState::template_deleted(&id, kernel::now());
+                    self.commit_draft(draft, |_| Ok(Value::Null))
+                } else {
+                    AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found()))))
+                }
+            }
             CustomerRequest::Confirm { challenge_id } => match self.state.held.get(&challenge_id) {
                 Some(order) => {
                     let mut order = order.clone();
@@ -452,6 +494,23 @@ impl CustomerActor {
             Ok(PaymentCheck::Proceed | PaymentCheck::ConfirmationRequired) => {}
         }
         let draft = CustomerState::hold_event(&order, &challenge_id, kernel::now());
+        let payment_id = order.payment_id;
+        self.commit_draft(draft, move |state| {
+            state
+                .payments
+                .get(&payment_id)
+                .map(|p| p.answer())
+                .ok_or_else(|| CallError::new("internal", "payment not recorded"))
+        })
+    }
+
+    /// Commits one event of the customer's own (its id recorded like a change id), folds it,
+    /// and answers from the state after it.
+    fn commit_draft(
+        &mut self,
+        draft: EventDraft,
+        answer: impl FnOnce(&CustomerState) -> Result<Value, CallError> + 'static,
+    ) -> AtomicResponse<Self, Result<Value, CallError>> {
         let decisions: Vec<Decision> = vec![(draft.id.clone(), Ok(vec![draft]))];
         let contact = Contact {
             phone: self.state.phone.clone(),
@@ -465,16 +524,10 @@ impl CustomerActor {
             decisions,
             self.snapshot_if_due(),
         );
-        let payment_id = order.payment_id;
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, actor: &mut CustomerActor, ctx| {
                 actor.fold_committed(result, ctx)?;
-                actor
-                    .state
-                    .payments
-                    .get(&payment_id)
-                    .map(|p| p.answer())
-                    .ok_or_else(|| CallError::new("internal", "payment not recorded"))
+                answer(&actor.state)
             },
         )))
     }

@@ -44,6 +44,16 @@ pub enum CustomerRequest {
     Held { challenge_id: String },
     /// The challenge was confirmed: executes exactly the held payment.
     Confirm { challenge_id: String },
+    /// `GET /v1/templates`.
+    Templates,
+    /// One template (for `POST /v1/templates/{id}/pay`), or `not_found`.
+    Template { id: String },
+    /// `POST /v1/templates`: journals `template_saved`.
+    SaveTemplate {
+        template: domain::templates::Template,
+    },
+    /// `DELETE /v1/templates/{id}`: journals `template_deleted`, or `not_found`.
+    DeleteTemplate { id: String },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -15,7 +15,8 @@
 //! - rest.rs: customer reads (`/v1/me`, products, transactions, feed) answered by actors.
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
-//! - payments.rs: the operation catalogue, payments, rates and conversions.
+//! - payments.rs: the operation catalogue, payments (with step-up), rates and conversions;
+//!   templates.rs: saved payments paid through the same path.
 //! - [`studio`]: Operation Studio definitions from a folder, signed (Ed25519), hot-reloaded.
 //! - notifications.rs: notification preferences and push devices (the notifier's API).
 //! - backoffice.rs: Cache Control ingest and the reference ABS's admin postings.
@@ -56,6 +57,7 @@ mod rest;
 pub mod revocations;
 mod staff;
 pub mod studio;
+mod templates;
 pub mod tokens;
 mod ws;
 
@@ -190,6 +192,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/payments/{id}", get(payments::payment))
         .route("/v1/rates", get(payments::rates))
         .route("/v1/conversions", post(payments::convert))
+        .route(
+            "/v1/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/v1/templates/{id}",
+            axum::routing::delete(templates::delete),
+        )
+        .route("/v1/templates/{id}/pay", post(templates::pay))
         .route(
             "/v1/notification-preferences",
             get(notifications::get_preferences).put(notifications::put_preferences),

@@ -61,7 +61,7 @@ fn language(headers: &HeaderMap) -> &'static str {
     }
 }
 
-fn catalogue(gateway: &Gateway) -> Result<&crate::studio::Catalogue, Problem> {
+pub(crate) fn catalogue(gateway: &Gateway) -> Result<&crate::studio::Catalogue, Problem> {
     gateway.operations.as_ref().ok_or_else(Problem::not_found)
 }
 
@@ -80,7 +80,7 @@ pub(crate) async fn operations(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -95,7 +95,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(key.to_owned())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -109,11 +109,11 @@ fn payment_id(customer: &kernel::CustomerId, key: &str) -> String {
     format!("pay-{}", &hex(&digest)[..32])
 }
 
-fn body_hash(body: &Value) -> String {
+pub(crate) fn body_hash(body: &Value) -> String {
     hex(&Sha256::digest(body.to_string().as_bytes()))
 }
 
-fn invalid_field(field: &str, reason: &str) -> Problem {
+pub(crate) fn invalid_field(field: &str, reason: &str) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
@@ -122,7 +122,7 @@ fn invalid_field(field: &str, reason: &str) -> Problem {
     .with("field", json!(field))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Problem> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Problem> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
@@ -134,11 +134,11 @@ fn parse_body(body: &Bytes) -> Result<Value, Problem> {
 #[derive(Deserialize, serde::Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PaymentBody {
-    operation: String,
-    from: String,
-    amount: Money,
+    pub(crate) operation: String,
+    pub(crate) from: String,
+    pub(crate) amount: Money,
     #[serde(default)]
-    fields: Map<String, Value>,
+    pub(crate) fields: Map<String, Value>,
 }
 
 fn customer_limits(definition_limits: &Limits) -> Limits {

@@ -94,6 +94,9 @@ pub struct CustomerState {
     /// so a replayed code is still recognised; the newest `HELD_PAYMENTS`).
     #[serde(default)]
     pub held: BTreeMap<String, crate::payments::PaymentOrder>,
+    /// Saved payments by id (see `templates.rs`).
+    #[serde(default)]
+    pub templates: BTreeMap<String, crate::templates::Template>,
 }
 
 /// An event the rules want to record; the shell gives it a seq and commits it.
@@ -170,6 +173,7 @@ impl CustomerState {
             spent: BTreeMap::new(),
             known_payees: Default::default(),
             held: BTreeMap::new(),
+            templates: BTreeMap::new(),
         }
     }
 
@@ -369,6 +373,7 @@ impl CustomerState {
                 }
             }
             "payment_status" => self.apply_payment(event),
+            "template_saved" | "template_deleted" => self.apply_template(event),
             "product_changed" => {
                 if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
                 {

@@ -10,6 +10,7 @@
 //!   named; request fields checked against them.
 //! - [`payments`]: payment checks (idempotency, ownership, currency, funds, limits) and
 //!   `payment_status` events folded into the state.
+//! - [`templates`]: saved payments, journaled as `template_saved`/`template_deleted`.
 //! - [`views`]: what the API reads from the state (products, transaction pages).
 //!
 //! The actor shell (actors crate) assigns sequence numbers, commits events to the store and
@@ -18,6 +19,7 @@
 pub mod customer;
 pub mod operations;
 pub mod payments;
+pub mod templates;
 pub mod views;
 
 pub use customer::{

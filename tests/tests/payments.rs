@@ -652,3 +652,151 @@ async fn a_large_payment_waits_for_a_step_up_code_bound_to_it() {
         .unwrap();
     assert_eq!((status, small["status"].as_str()), (201, Some("completed")));
 }
+
+#[tokio::test]
+async fn templates_are_per_customer_and_pay_through_the_payment_path() {
+    let (node, _dir) = node().await;
+    let client = node.client();
+    let alice = client.login(12).await.unwrap();
+    let bob = client.login(13).await.unwrap();
+    let start = balance(&client, &alice, "accounts", &account(12)).await;
+    let body = json!({"name": "Bob", "operation": "transfer.phone", "from": account(12),
+        "amount": rub("100.00"), "fields": {"phone": tests::phone(13)}});
+
+    // Creating needs a key; bad input changes nothing.
+    let (status, problem) = client
+        .post("/v1/templates", Some(&alice), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    let mut bad = body.clone();
+    bad["fields"]["phone"] = json!("12345");
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "bad", bad)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    let mut foreign = body.clone();
+    foreign["from"] = json!(account(13));
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "foreign", foreign)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+
+    let (status, created) = client
+        .post_idempotent("/v1/templates", &alice, "t1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, again) = client
+        .post_idempotent("/v1/templates", &alice, "t1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &created));
+    let mut other = body.clone();
+    other["name"] = json!("Bobby");
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "t1", other)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    let (status, list) = client.get("/v1/templates", Some(&alice)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["name"], "Bob");
+    // Another customer sees none and cannot pay or delete it.
+    let (_, list) = client.get("/v1/templates", Some(&bob)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let path = format!("/v1/templates/{id}/pay");
+    let (status, _) = client
+        .post_idempotent(&path, &bob, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = client
+        .delete(&format!("/v1/templates/{id}"), Some(&bob))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+
+    // Paying it: the payment path, idempotent by the key.
+    let (status, paid) = client
+        .post_idempotent(&path, &alice, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(paid["status"], "completed");
+    assert_eq!(paid["amount"]["amount"], "100.00");
+    let (status, again) = client
+        .post_idempotent(&path, &alice, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &paid));
+    let (status, problem) = client
+        .post_idempotent(&path, &alice, "p1", json!({"amount": rub("5.00")}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    let after = balance(&client, &alice, "accounts", &account(12)).await;
+    assert_eq!(
+        after.parse::<f64>().unwrap() + 100.0,
+        start.parse::<f64>().unwrap()
+    );
+
+    // Without an amount, the payment names one.
+    let mut open = body.clone();
+    open.as_object_mut().unwrap().remove("amount");
+    let (status, open) = client
+        .post_idempotent("/v1/templates", &alice, "t2", open)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{open}");
+    let open_path = format!("/v1/templates/{}/pay", open["id"].as_str().unwrap());
+    let (status, problem) = client
+        .post_idempotent(&open_path, &alice, "p2", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    let (status, paid) = client
+        .post_idempotent(&open_path, &alice, "p3", json!({"amount": rub("7.00")}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, paid["amount"]["amount"].as_str()),
+        (201, Some("7.00"))
+    );
+
+    // Deleted: gone for every channel.
+    let (status, _) = client
+        .delete(&format!("/v1/templates/{id}"), Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = client
+        .post_idempotent(&path, &alice, "p4", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (_, list) = client.get("/v1/templates", Some(&alice)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}

@@ -118,7 +118,7 @@ pub fn run_key(autopayment_id: &str, period: &str) -> String {
 }
 
 fn run_day(year: i32, month: Month, day: u8) -> Option<Date> {
-    let last = time::util::days_in_year_month(year, month);
+    let last = month.length(year);
     Date::from_calendar_date(year, month, day.min(last)).ok()
 }
 

@@ -54,6 +54,14 @@ pub enum CustomerRequest {
     },
     /// `DELETE /v1/templates/{id}`: journals `template_deleted`, or `not_found`.
     DeleteTemplate { id: String },
+    /// `GET /v1/autopayments`.
+    Autopayments,
+    /// `POST /v1/autopayments`: journals `autopayment_saved`.
+    SaveAutopayment {
+        autopayment: domain::autopay::Autopayment,
+    },
+    /// `DELETE /v1/autopayments/{id}`: journals `autopayment_deleted`, or `not_found`.
+    DeleteAutopayment { id: String },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -16,7 +16,8 @@
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
 //! - payments.rs: the operation catalogue, payments (with step-up), rates and conversions;
-//!   templates.rs: saved payments paid through the same path.
+//!   templates.rs: saved payments paid through the same path; autopayments.rs: standing
+//!   orders (balance triggers) run by the customer's actor.
 //! - [`studio`]: Operation Studio definitions from a folder, signed (Ed25519), hot-reloaded.
 //! - notifications.rs: notification preferences and push devices (the notifier's API).
 //! - backoffice.rs: Cache Control ingest and the reference ABS's admin postings.
@@ -45,6 +46,7 @@ use tokio::sync::watch;
 
 pub mod access;
 mod auth;
+mod autopayments;
 mod backoffice;
 mod guard;
 mod hub;
@@ -201,6 +203,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             axum::routing::delete(templates::delete),
         )
         .route("/v1/templates/{id}/pay", post(templates::pay))
+        .route(
+            "/v1/autopayments",
+            get(autopayments::list).post(autopayments::create),
+        )
+        .route(
+            "/v1/autopayments/{id}",
+            axum::routing::delete(autopayments::delete),
+        )
         .route(
             "/v1/notification-preferences",
             get(notifications::get_preferences).put(notifications::put_preferences),

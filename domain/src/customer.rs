@@ -97,6 +97,9 @@ pub struct CustomerState {
     /// Saved payments by id (see `templates.rs`).
     #[serde(default)]
     pub templates: BTreeMap<String, crate::templates::Template>,
+    /// Standing orders by id (see `autopay.rs`).
+    #[serde(default)]
+    pub autopayments: BTreeMap<String, crate::autopay::Autopayment>,
 }
 
 /// An event the rules want to record; the shell gives it a seq and commits it.
@@ -174,6 +177,7 @@ impl CustomerState {
             known_payees: Default::default(),
             held: BTreeMap::new(),
             templates: BTreeMap::new(),
+            autopayments: BTreeMap::new(),
         }
     }
 
@@ -374,6 +378,7 @@ impl CustomerState {
             }
             "payment_status" => self.apply_payment(event),
             "template_saved" | "template_deleted" => self.apply_template(event),
+            "autopayment_saved" | "autopayment_deleted" => self.apply_autopayment(event),
             "product_changed" => {
                 if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
                 {

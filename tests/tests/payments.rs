@@ -800,3 +800,135 @@ async fn templates_are_per_customer_and_pay_through_the_payment_path() {
     let (_, list) = client.get("/v1/templates", Some(&alice)).await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_balance_triggered_autopayment_tops_up_once_per_day_and_failures_are_reported() {
+    let (node, _dir) = node().await;
+    let client = node.client();
+    let token = client.login(14).await.unwrap();
+    let (from, to) = ("d000014".to_owned(), account(14));
+    let top_up = |amount: &str, from: &str, to: &str, below: &str| {
+        json!({"name": "keep my card funded", "operation": "transfer.own", "from": from,
+            "amount": rub(amount), "fields": {"to": to},
+            "schedule": {"kind": "balance", "account": to, "below": rub(below)}})
+    };
+    let body = top_up("1000.00", &from, &to, "100000.00");
+
+    // Bad input changes nothing.
+    let (status, problem) = client
+        .post("/v1/autopayments", Some(&token), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    let (status, problem) = client
+        .post_idempotent(
+            "/v1/autopayments",
+            &token,
+            "bad",
+            top_up("1000.00", &from, &account(15), "100000.00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+    let mut monthly = body.clone();
+    monthly["schedule"] = json!({"kind": "monthly", "day": 5});
+    let (status, problem) = client
+        .post_idempotent("/v1/autopayments", &token, "monthly", monthly)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("unsupported_schedule"))
+    );
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+
+    let (status, created) = client
+        .post_idempotent("/v1/autopayments", &token, "ap1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let (status, again) = client
+        .post_idempotent("/v1/autopayments", &token, "ap1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &created));
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["schedule"]["below"]["amount"], "100000.00");
+
+    // A debit from another system drops the balance below the threshold: topped up once.
+    let start = balance(&client, &token, "accounts", &to).await;
+    let start = start.parse::<f64>().unwrap(); // test arithmetic only
+    client.abs_post("ext-1", &to, "-60000.00").await.unwrap();
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0);
+    tests::eventually("topped up", WAIT, || async {
+        (balance(&client, &token, "accounts", &to).await == expected).then_some(())
+    })
+    .await;
+    // Still below: no second top-up in the same period.
+    client.abs_post("ext-2", &to, "-1.00").await.unwrap();
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0 - 1.0);
+    tests::eventually("second debit", WAIT, || async {
+        (balance(&client, &token, "accounts", &to).await == expected).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(balance(&client, &token, "accounts", &to).await, expected);
+    let feed = client.whole_feed(&token).await.unwrap();
+    let runs: Vec<&Value> = feed
+        .iter()
+        .filter(|e| {
+            e["kind"] == "payment_status"
+                && e["payment_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("autopay:"))
+        })
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "completed");
+
+    // A run the rules refuse: reported (payment_status rejected), money unmoved, once.
+    let (status, _) = client
+        .post_idempotent(
+            "/v1/autopayments",
+            &token,
+            "ap2",
+            top_up("9000000.00", &from, &to, "100000.00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    client.abs_post("ext-3", &to, "-1.00").await.unwrap();
+    tests::eventually("refusal reported", WAIT, || async {
+        let feed = client.whole_feed(&token).await.unwrap();
+        feed.iter()
+            .find(|e| e["kind"] == "payment_status" && e["status"] == "rejected")
+            .cloned()
+    })
+    .await;
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0 - 2.0);
+    assert_eq!(balance(&client, &token, "accounts", &to).await, expected);
+
+    // Deleted: listed no more; another customer cannot delete it.
+    let other = client.login(15).await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = client
+        .delete(&format!("/v1/autopayments/{id}"), Some(&other))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = client
+        .delete(&format!("/v1/autopayments/{id}"), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use crate::Deps;
 use crate::protocol::{ApplyReport, CallError, CustomerRequest};
 
+/// The actor-side future of a write.
+type Work = ResponseActFuture<CustomerActor, Result<Value, CallError>>;
+
 /// One request to the actor; answered once the journal has it (for writes).
 pub(crate) struct Ask(pub CustomerRequest);
 
@@ -91,8 +94,39 @@ impl CustomerActor {
                 .get(id)
                 .map(|p| p.answer())
                 .ok_or_else(CallError::not_found),
+            CustomerRequest::Held { challenge_id } => state
+                .held
+                .get(challenge_id)
+                .map(|order| {
+                    json!({
+                        "payment_id": order.payment_id,
+                        "operation": order.operation,
+                        "amount": order.amount,
+                        "payee": domain::payments::payee_key(&order.to),
+                    })
+                })
+                .ok_or_else(CallError::not_found),
+            CustomerRequest::Templates => Ok(json!({
+                "items": state.templates.values().map(|t| t.answer()).collect::<Vec<_>>(),
+                "next_cursor": null,
+            })),
+            CustomerRequest::Template { id } => state
+                .templates
+                .get(id)
+                .map(|t| json!(t))
+                .ok_or_else(CallError::not_found),
+            CustomerRequest::Autopayments => Ok(json!({
+                "items": state.autopayments.values().map(|a| a.answer()).collect::<Vec<_>>(),
+                "next_cursor": null,
+            })),
             CustomerRequest::MarkRead { .. }
+            | CustomerRequest::SaveAutopayment { .. }
+            | CustomerRequest::DeleteAutopayment { .. }
+            | CustomerRequest::SaveTemplate { .. }
+            | CustomerRequest::DeleteTemplate { .. }
             | CustomerRequest::Apply { .. }
+            | CustomerRequest::Hold { .. }
+            | CustomerRequest::Confirm { .. }
             | CustomerRequest::Pay { .. } => Err(CallError::new("internal", "not a read")),
         }
     }
@@ -167,7 +201,82 @@ impl Handler<Ask> for CustomerActor {
         self.last_activity = Instant::now();
         match request {
             CustomerRequest::Apply { changes } => self.apply(changes),
-            CustomerRequest::Pay { order } => self.pay(order),
+            CustomerRequest::Pay { order } => AtomicResponse::new(self.pay(order)),
+            CustomerRequest::Hold {
+                order,
+                challenge_id,
+            } => AtomicResponse::new(self.hold(order, challenge_id)),
+            CustomerRequest::SaveTemplate { template } => {
+                use domain::templates::TemplateCheck;
+                match self.state.check_template(&template) {
+                    Err(rejection) => AtomicResponse::new(Box::pin(fut::ready(Err(
+                        CallError::new(rejection.code(), rejection.to_string()),
+                    )))),
+                    Ok(TemplateCheck::Replay(answer)) => {
+                        AtomicResponse::new(Box::pin(fut::ready(Ok(answer))))
+                    }
+                    Ok(TemplateCheck::Save) => {
+                        let draft = CustomerState::template_saved(&template, kernel::now());
+                        let id = template.id;
+                        AtomicResponse::new(self.commit_draft(draft, move |state| {
+                            state.templates.get(&id).map(|t| t.answer()).ok_or_else(|| {
+                                CallError::new(
+                                    "idempotency_conflict",
+                                    "this Idempotency-Key created a template that was deleted",
+                                )
+                            })
+                        }))
+                    }
+                }
+            }
+            CustomerRequest::SaveAutopayment { autopayment } => {
+                match self.state.check_autopayment(&autopayment) {
+                    Err(rejection) => AtomicResponse::new(Box::pin(fut::ready(Err(
+                        CallError::new(rejection.code(), rejection.to_string()),
+                    )))),
+                    Ok(Some(answer)) => AtomicResponse::new(Box::pin(fut::ready(Ok(answer)))),
+                    Ok(None) => {
+                        let draft = CustomerState::autopayment_saved(&autopayment, kernel::now());
+                        let id = autopayment.id;
+                        AtomicResponse::new(self.commit_draft(draft, move |state| {
+                            state
+                                .autopayments
+                                .get(&id)
+                                .map(|a| a.answer())
+                                .ok_or_else(|| {
+                                    CallError::new(
+                                        "idempotency_conflict",
+                                        "this Idempotency-Key created an autopayment that was deleted",
+                                    )
+                                })
+                        }))
+                    }
+                }
+            }
+            CustomerRequest::DeleteAutopayment { id } => {
+                if self.state.autopayments.contains_key(&id) {
+                    let draft = CustomerState::autopayment_deleted(&id, kernel::now());
+                    AtomicResponse::new(self.commit_draft(draft, |_| Ok(Value::Null)))
+                } else {
+                    AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found()))))
+                }
+            }
+            CustomerRequest::DeleteTemplate { id } => {
+                if self.state.templates.contains_key(&id) {
+                    let draft = CustomerState::template_deleted(&id, kernel::now());
+                    AtomicResponse::new(self.commit_draft(draft, |_| Ok(Value::Null)))
+                } else {
+                    AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found()))))
+                }
+            }
+            CustomerRequest::Confirm { challenge_id } => match self.state.held.get(&challenge_id) {
+                Some(order) => {
+                    let mut order = order.clone();
+                    order.confirmed = true;
+                    AtomicResponse::new(self.pay(order))
+                }
+                None => AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found())))),
+            },
             CustomerRequest::MarkRead { up_to_seq } => {
                 let store = self.deps.store.clone();
                 let id = self.state.customer_id.clone();
@@ -186,6 +295,56 @@ impl Handler<Ask> for CustomerActor {
             read => {
                 let answer = self.read(&read);
                 AtomicResponse::new(Box::pin(fut::ready(answer)))
+            }
+        }
+    }
+}
+
+/// One run of a balance-triggered autopayment, sent by the actor to itself.
+struct RunAutopay(domain::payments::PaymentOrder);
+
+impl Message for RunAutopay {
+    type Result = ();
+}
+
+impl Handler<RunAutopay> for CustomerActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    /// Pays the run (idempotent by its id, the autopayment id plus the period); a refusal
+    /// is journaled as a `payment_status` `rejected` event with a notification, so the run
+    /// is not retried in this period and the customer learns of it.
+    fn handle(&mut self, RunAutopay(order): RunAutopay, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
+        if self.state.payments.contains_key(&order.payment_id) {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let failed = order.clone();
+        let work = self.pay(order).then(move |result, actor: &mut CustomerActor, _ctx| {
+            match result {
+                Err(error) if !error.is_transient() => {
+                    tracing::info!(payment = %failed.payment_id, code = %error.code, "autopayment refused");
+                    let draft =
+                        CustomerState::autopayment_failed(&failed, &error.code, kernel::now());
+                    actor.commit_draft(draft, |_| Ok(Value::Null))
+                }
+                Err(error) => {
+                    tracing::warn!(payment = %failed.payment_id, %error, "autopayment not run");
+                    Box::pin(fut::ready(Err(error)))
+                }
+                Ok(answer) => Box::pin(fut::ready(Ok(answer))),
+            }
+        });
+        AtomicResponse::new(Box::pin(work.map(|_, _, _| ())))
+    }
+}
+
+impl CustomerActor {
+    /// After a batch of changes: the balance-triggered autopayments now due, each sent to
+    /// this actor as its own message (handled after the current one, one at a time).
+    fn run_triggered(&mut self, ctx: &mut Context<Self>) {
+        for order in self.state.triggered(kernel::now()) {
+            if ctx.address().try_send(RunAutopay(order)).is_err() {
+                tracing::warn!("mailbox full: autopayment deferred to the next change");
             }
         }
     }
@@ -224,6 +383,7 @@ impl CustomerActor {
         );
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|result, actor, ctx| {
             let committed = actor.fold_committed(result, ctx)?;
+            actor.run_triggered(ctx);
             Ok(serde_json::to_value(&committed.report).unwrap_or(Value::Null))
         })))
     }
@@ -271,22 +431,23 @@ impl CustomerActor {
     /// copies arriving through the change sink later are dropped as duplicates).
     /// The actor handles nothing else meanwhile: concurrent payments of a customer are
     /// serialised, so a double spend finds the first one's balance.
-    fn pay(
-        &mut self,
-        order: domain::payments::PaymentOrder,
-    ) -> AtomicResponse<Self, Result<Value, CallError>> {
+    fn pay(&mut self, order: domain::payments::PaymentOrder) -> Work {
         use domain::payments::PaymentCheck;
         use kernel::payment::{CommandReply, PaymentCommand, PaymentReceipt};
 
         match self.state.check_payment(&order, kernel::now()) {
             Err(rejection) => {
-                return AtomicResponse::new(Box::pin(fut::ready(Err(CallError::new(
+                return Box::pin(fut::ready(Err(CallError::new(
                     rejection.code(),
                     rejection.to_string(),
-                )))));
+                ))));
             }
             Ok(PaymentCheck::Replay(answer)) => {
-                return AtomicResponse::new(Box::pin(fut::ready(Ok(answer))));
+                return Box::pin(fut::ready(Ok(answer)));
+            }
+            // The gateway opens a step-up challenge and comes back with `Hold`.
+            Ok(PaymentCheck::ConfirmationRequired) => {
+                return Box::pin(fut::ready(Ok(json!({"status": "confirmation_required"}))));
             }
             Ok(PaymentCheck::Proceed) => {}
         }
@@ -394,7 +555,65 @@ impl CustomerActor {
                 })
                 .boxed_local()
         });
-        AtomicResponse::new(Box::pin(work))
+        Box::pin(work)
+    }
+}
+
+impl CustomerActor {
+    /// Journals a payment waiting for its step-up challenge. A concurrent duplicate (same
+    /// key) finds the first one held and gets its answer (and challenge) back.
+    fn hold(&mut self, order: domain::payments::PaymentOrder, challenge_id: String) -> Work {
+        use domain::payments::PaymentCheck;
+        match self.state.check_payment(&order, kernel::now()) {
+            Err(rejection) => {
+                return Box::pin(fut::ready(Err(CallError::new(
+                    rejection.code(),
+                    rejection.to_string(),
+                ))));
+            }
+            Ok(PaymentCheck::Replay(answer)) => {
+                return Box::pin(fut::ready(Ok(answer)));
+            }
+            Ok(PaymentCheck::Proceed | PaymentCheck::ConfirmationRequired) => {}
+        }
+        let draft = CustomerState::hold_event(&order, &challenge_id, kernel::now());
+        let payment_id = order.payment_id;
+        self.commit_draft(draft, move |state| {
+            state
+                .payments
+                .get(&payment_id)
+                .map(|p| p.answer())
+                .ok_or_else(|| CallError::new("internal", "payment not recorded"))
+        })
+    }
+
+    /// Commits one event of the customer's own (its id recorded like a change id), folds it,
+    /// and answers from the state after it.
+    fn commit_draft(
+        &mut self,
+        draft: EventDraft,
+        answer: impl FnOnce(&CustomerState) -> Result<Value, CallError> + 'static,
+    ) -> Work {
+        let decisions: Vec<Decision> = vec![(draft.id.clone(), Ok(vec![draft]))];
+        let contact = Contact {
+            phone: self.state.phone.clone(),
+            language: self.state.language.clone(),
+        };
+        let work = commit_decisions(
+            self.deps.store.clone(),
+            self.state.customer_id.clone(),
+            contact,
+            self.state.version,
+            decisions,
+            self.snapshot_if_due(),
+        );
+        Box::pin(
+            work.into_actor(self)
+                .map(move |result, actor: &mut CustomerActor, ctx| {
+                    actor.fold_committed(result, ctx)?;
+                    answer(&actor.state)
+                }),
+        )
     }
 }
 

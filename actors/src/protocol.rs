@@ -34,6 +34,34 @@ pub enum CustomerRequest {
     },
     /// `GET /v1/payments/{id}`.
     Payment { id: String },
+    /// Journals a payment that needs a step-up confirmation with its challenge
+    /// (`payment_status` `confirmation_required`, the order inside); nothing moves.
+    Hold {
+        order: domain::payments::PaymentOrder,
+        challenge_id: String,
+    },
+    /// The binding of a held payment (`operation`, `amount`, `payee`), or `not_found`.
+    Held { challenge_id: String },
+    /// The challenge was confirmed: executes exactly the held payment.
+    Confirm { challenge_id: String },
+    /// `GET /v1/templates`.
+    Templates,
+    /// One template (for `POST /v1/templates/{id}/pay`), or `not_found`.
+    Template { id: String },
+    /// `POST /v1/templates`: journals `template_saved`.
+    SaveTemplate {
+        template: domain::templates::Template,
+    },
+    /// `DELETE /v1/templates/{id}`: journals `template_deleted`, or `not_found`.
+    DeleteTemplate { id: String },
+    /// `GET /v1/autopayments`.
+    Autopayments,
+    /// `POST /v1/autopayments`: journals `autopayment_saved`.
+    SaveAutopayment {
+        autopayment: domain::autopay::Autopayment,
+    },
+    /// `DELETE /v1/autopayments/{id}`: journals `autopayment_deleted`, or `not_found`.
+    DeleteAutopayment { id: String },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -15,7 +15,9 @@
 //! - rest.rs: customer reads (`/v1/me`, products, transactions, feed) answered by actors.
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
-//! - payments.rs: the operation catalogue, payments, rates and conversions.
+//! - payments.rs: the operation catalogue, payments (with step-up), rates and conversions;
+//!   templates.rs: saved payments paid through the same path; autopayments.rs: standing
+//!   orders (balance triggers) run by the customer's actor.
 //! - [`studio`]: Operation Studio definitions from a folder, signed (Ed25519), hot-reloaded.
 //! - notifications.rs: notification preferences and push devices (the notifier's API).
 //! - backoffice.rs: Cache Control ingest and the reference ABS's admin postings.
@@ -44,6 +46,7 @@ use tokio::sync::watch;
 
 pub mod access;
 mod auth;
+mod autopayments;
 mod backoffice;
 mod guard;
 mod hub;
@@ -56,6 +59,7 @@ mod rest;
 pub mod revocations;
 mod staff;
 pub mod studio;
+mod templates;
 pub mod tokens;
 mod ws;
 
@@ -162,7 +166,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/auth/register", post(manager::register))
         .route("/v1/auth/login", post(manager::login))
-        .route("/v1/auth/challenges/{id}/confirm", post(manager::confirm))
+        .route("/v1/auth/challenges/{id}/confirm", post(payments::confirm))
         .route("/v1/auth/refresh", post(manager::refresh))
         .route("/v1/auth/logout", post(manager::logout))
         .route("/v1/auth/step-up", post(manager::step_up))
@@ -190,6 +194,23 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/payments/{id}", get(payments::payment))
         .route("/v1/rates", get(payments::rates))
         .route("/v1/conversions", post(payments::convert))
+        .route(
+            "/v1/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/v1/templates/{id}",
+            axum::routing::delete(templates::delete),
+        )
+        .route("/v1/templates/{id}/pay", post(templates::pay))
+        .route(
+            "/v1/autopayments",
+            get(autopayments::list).post(autopayments::create),
+        )
+        .route(
+            "/v1/autopayments/{id}",
+            axum::routing::delete(autopayments::delete),
+        )
         .route(
             "/v1/notification-preferences",
             get(notifications::get_preferences).put(notifications::put_preferences),

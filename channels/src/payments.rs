@@ -9,8 +9,15 @@
 //! actor answers a repeat with the first answer and a reuse with another body with 409
 //! `idempotency_conflict`. A refusal (4xx) records nothing: retrying re-evaluates it.
 //!
-//! Step-up: the seam is `requires_confirmation` below; until the Access Manager's step-up
-//! challenges land, no payment answers `confirmation_required`.
+//! Step-up: a payment to someone else above the operation's `limits.confirm_above` (default
+//! `DEFAULT_CONFIRM_ABOVE_RUB`), or a first payment to a payee when the operation sets
+//! `limits.confirm_new_payee`, answers 201 `confirmation_required` with a `challenge_id`:
+//! the actor decides (pure rules, `domain::payments`), the Access Manager's own step-up
+//! (`manager::step_up`, the function behind `POST /v1/auth/step-up`) issues the challenge
+//! bound to the operation, amount and payee and sends the code, and the actor journals the
+//! order held under that challenge. `POST /v1/auth/challenges/{id}/confirm` (`confirm`
+//! below, wrapping `manager::confirm`) verifies the code and then has the actor execute
+//! exactly the held order.
 
 use std::sync::Arc;
 
@@ -28,14 +35,20 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::Gateway;
-use crate::auth::Customer;
+use crate::auth::{Customer, MaybeCustomer};
+use crate::manager::{self, ClientIp};
 use crate::problem::Problem;
+use crate::tokens::Claims;
 
 /// The operation id of conversions between own accounts (`POST /v1/conversions`).
 pub const CONVERSION: &str = "conversion";
 
 /// What every customer may move per day in all (RUB), on top of the operations' limits.
 pub const CUSTOMER_DAILY_LIMIT_RUB: i64 = 100_000_000;
+
+/// A payment to someone else above this (RUB 50 000.00) needs a step-up confirmation when
+/// its definition sets no `limits.confirm_above`.
+pub const DEFAULT_CONFIRM_ABOVE_RUB: i64 = 5_000_000;
 
 fn language(headers: &HeaderMap) -> &'static str {
     let accept = headers
@@ -48,7 +61,7 @@ fn language(headers: &HeaderMap) -> &'static str {
     }
 }
 
-fn catalogue(gateway: &Gateway) -> Result<&crate::studio::Catalogue, Problem> {
+pub(crate) fn catalogue(gateway: &Gateway) -> Result<&crate::studio::Catalogue, Problem> {
     gateway.operations.as_ref().ok_or_else(Problem::not_found)
 }
 
@@ -67,7 +80,7 @@ pub(crate) async fn operations(
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -82,7 +95,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(key.to_owned())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -96,11 +109,11 @@ fn payment_id(customer: &kernel::CustomerId, key: &str) -> String {
     format!("pay-{}", &hex(&digest)[..32])
 }
 
-fn body_hash(body: &Value) -> String {
+pub(crate) fn body_hash(body: &Value) -> String {
     hex(&Sha256::digest(body.to_string().as_bytes()))
 }
 
-fn invalid_field(field: &str, reason: &str) -> Problem {
+pub(crate) fn invalid_field(field: &str, reason: &str) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
@@ -109,7 +122,7 @@ fn invalid_field(field: &str, reason: &str) -> Problem {
     .with("field", json!(field))
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Problem> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Problem> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
@@ -118,49 +131,39 @@ fn parse_body(body: &Bytes) -> Result<Value, Problem> {
     Ok(value)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct PaymentBody {
-    operation: String,
-    from: String,
-    amount: Money,
+pub(crate) struct PaymentBody {
+    pub(crate) operation: String,
+    pub(crate) from: String,
+    pub(crate) amount: Money,
     #[serde(default)]
-    fields: Map<String, Value>,
-}
-
-/// Where step-up would be required (the Access Manager's challenge bound to amount and
-/// payee). The seam for the authentication work: today nothing requires it.
-fn requires_confirmation(_definition: &Definition, _order: &PaymentOrder) -> bool {
-    false
+    pub(crate) fields: Map<String, Value>,
 }
 
 fn customer_limits(definition_limits: &Limits) -> Limits {
     Limits {
         customer_daily: Some(Money::new(CUSTOMER_DAILY_LIMIT_RUB, Currency::RUB)),
+        confirm_above: Some(
+            definition_limits
+                .confirm_above
+                .unwrap_or(Money::new(DEFAULT_CONFIRM_ABOVE_RUB, Currency::RUB)),
+        ),
         ..definition_limits.clone()
     }
 }
 
-/// `POST /v1/payments`.
-pub(crate) async fn pay(
-    State(gateway): State<Arc<Gateway>>,
-    Customer(claims): Customer,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), Problem> {
-    let key = idempotency_key(&headers)?;
-    let value = parse_body(&body)?;
-    let hash = body_hash(&value);
-    let request: PaymentBody = serde_json::from_value(value).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            e.to_string(),
-        )
-    })?;
-    let definition = catalogue(&gateway)?
-        .get(&request.operation)
-        .ok_or_else(|| {
+/// Builds the order of a payment request against its definition (fields, fee, limits,
+/// routing); bad input is refused before anything is asked of the actor.
+pub(crate) fn build_order(
+    gateway: &Gateway,
+    customer: &kernel::CustomerId,
+    key: &str,
+    hash: String,
+    request: PaymentBody,
+) -> Result<PaymentOrder, Problem> {
+    let definition: Arc<Definition> =
+        catalogue(gateway)?.get(&request.operation).ok_or_else(|| {
             Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_operation",
@@ -177,8 +180,8 @@ pub(crate) async fn pay(
     let to = definition
         .destination(&request.amount, &request.fields)
         .map_err(|e| invalid_field(&format!("fields.{}", e.field), &e.reason))?;
-    let order = PaymentOrder {
-        payment_id: payment_id(&claims.sub, &key),
+    Ok(PaymentOrder {
+        payment_id: payment_id(customer, key),
         body_hash: hash,
         operation: definition.id().to_owned(),
         from: request.from,
@@ -187,18 +190,166 @@ pub(crate) async fn pay(
         fee: definition.fee(&request.amount),
         limits: customer_limits(&definition.limits),
         description: definition.raw.title.get("en").cloned().unwrap_or_default(),
-    };
-    if requires_confirmation(&definition, &order) {
-        return Err(Problem::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "confirmation_unavailable",
-            "step-up confirmation is not available yet",
-        ));
-    }
+        confirmed: false,
+    })
+}
+
+/// Asks the customer's actor to pay; when the rules want a step-up confirmation, opens the
+/// challenge through the Access Manager's step-up and holds the order with it.
+pub(crate) async fn execute(
+    gateway: &Arc<Gateway>,
+    claims: &Claims,
+    ip: String,
+    order: PaymentOrder,
+) -> Result<Value, Problem> {
     let answer = gateway
         .node
-        .call(&claims.sub, CustomerRequest::Pay { order })
+        .call(
+            &claims.sub,
+            CustomerRequest::Pay {
+                order: order.clone(),
+            },
+        )
         .await?;
+    if answer["status"] != "confirmation_required" || answer.get("challenge_id").is_some() {
+        return Ok(answer);
+    }
+    let payee = domain::payments::payee_key(&order.to).ok_or_else(Problem::internal)?;
+    let operation: manager::Operation = serde_json::from_value(json!({
+        "operation": order.operation,
+        "amount": order.amount,
+        "payee": payee,
+    }))
+    .map_err(|_| Problem::internal())?;
+    let started = manager::step_up(
+        State(gateway.clone()),
+        Customer(claims.clone()),
+        ClientIp(ip),
+        Ok(Json(operation)),
+    )
+    .await?;
+    let bytes = axum::body::to_bytes(started.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| Problem::internal())?;
+    let started: Value = serde_json::from_slice(&bytes).map_err(|_| Problem::internal())?;
+    let challenge_id = started["challenge_id"]
+        .as_str()
+        .ok_or_else(Problem::internal)?
+        .to_owned();
+    Ok(gateway
+        .node
+        .call(
+            &claims.sub,
+            CustomerRequest::Hold {
+                order,
+                challenge_id,
+            },
+        )
+        .await?)
+}
+
+/// `POST /v1/auth/challenges/{id}/confirm`: the Access Manager's confirmation; for a
+/// challenge that holds a payment, the body may carry only the code (the held payment's
+/// operation, amount and payee are what the code is checked against; an `operation` in the
+/// body must match them, else `operation_mismatch`), and a confirmed code executes exactly
+/// that payment and answers it (200). A used code is `code_used`, as for every challenge.
+pub(crate) async fn confirm(
+    State(gateway): State<Arc<Gateway>>,
+    ClientIp(ip): ClientIp,
+    MaybeCustomer(caller): MaybeCustomer,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
+    let mut value = parse_body(&body)?;
+    let held = match &caller {
+        Some(claims) if id.len() <= 64 => {
+            match gateway
+                .node
+                .call(
+                    &claims.sub,
+                    CustomerRequest::Held {
+                        challenge_id: id.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(binding) => Some(binding),
+                Err(e) if e.code == "not_found" => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        _ => None,
+    };
+    if let Some(binding) = &held
+        && value.get("operation").is_none_or(Value::is_null)
+    {
+        value["operation"] = json!({
+            "operation": binding["operation"],
+            "amount": binding["amount"],
+            "payee": binding["payee"],
+        });
+    }
+    let request: manager::ConfirmRequest = serde_json::from_value(value)
+        .map_err(|e| Problem::bad_request(format!("the body is not a confirmation: {e}")))?;
+    let response = manager::confirm(
+        State(gateway.clone()),
+        ClientIp(ip),
+        MaybeCustomer(caller.clone()),
+        Path(id.clone()),
+        Ok(Json(request)),
+    )
+    .await?;
+    let (Some(_), Some(claims)) = (held, caller) else {
+        return Ok(response);
+    };
+    if !response.status().is_success() {
+        return Ok(response);
+    }
+    // The code is spent: execute the held payment (idempotent by its id, so retrying a
+    // transient failure never pays twice).
+    let mut last = None;
+    for _ in 0..3 {
+        match gateway
+            .node
+            .call(
+                &claims.sub,
+                CustomerRequest::Confirm {
+                    challenge_id: id.clone(),
+                },
+            )
+            .await
+        {
+            Ok(answer) => return Ok((StatusCode::OK, Json(answer)).into_response()),
+            Err(e) if e.is_transient() => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .map(Problem::from)
+        .unwrap_or_else(|| Problem::unavailable("try again")))
+}
+
+/// `POST /v1/payments`.
+pub(crate) async fn pay(
+    State(gateway): State<Arc<Gateway>>,
+    Customer(claims): Customer,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let key = idempotency_key(&headers)?;
+    let value = parse_body(&body)?;
+    let hash = body_hash(&value);
+    let request: PaymentBody = serde_json::from_value(value).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            e.to_string(),
+        )
+    })?;
+    let order = build_order(&gateway, &claims.sub, &key, hash, request)?;
+    let answer = execute(&gateway, &claims, ip, order).await?;
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
@@ -273,6 +424,7 @@ pub(crate) async fn convert(
         fee: Money::new(0, request.amount.currency),
         limits: Limits::default(),
         description: "Currency conversion".to_owned(),
+        confirmed: false,
     };
     let answer = gateway
         .node

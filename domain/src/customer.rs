@@ -87,6 +87,19 @@ pub struct CustomerState {
     /// (`*` for all operations).
     #[serde(default)]
     pub spent: BTreeMap<String, i64>,
+    /// Payees the customer has paid (`payee_key`s of completed payments), for step-up.
+    #[serde(default)]
+    pub known_payees: std::collections::BTreeSet<String>,
+    /// Payments held for a step-up confirmation, by challenge id (kept after they complete,
+    /// so a replayed code is still recognised; the newest `HELD_PAYMENTS`).
+    #[serde(default)]
+    pub held: BTreeMap<String, crate::payments::PaymentOrder>,
+    /// Saved payments by id (see `templates.rs`).
+    #[serde(default)]
+    pub templates: BTreeMap<String, crate::templates::Template>,
+    /// Standing orders by id (see `autopay.rs`).
+    #[serde(default)]
+    pub autopayments: BTreeMap<String, crate::autopay::Autopayment>,
 }
 
 /// An event the rules want to record; the shell gives it a seq and commits it.
@@ -161,6 +174,10 @@ impl CustomerState {
             read_seq: 0,
             payments: BTreeMap::new(),
             spent: BTreeMap::new(),
+            known_payees: Default::default(),
+            held: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            autopayments: BTreeMap::new(),
         }
     }
 
@@ -360,6 +377,8 @@ impl CustomerState {
                 }
             }
             "payment_status" => self.apply_payment(event),
+            "template_saved" | "template_deleted" => self.apply_template(event),
+            "autopayment_saved" | "autopayment_deleted" => self.apply_autopayment(event),
             "product_changed" => {
                 if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
                 {

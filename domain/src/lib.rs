@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`autopay`]: autopayment schedules (next run, period keys), the pure core only.
 //! - [`customer`]: a customer's hot state (profile, products, recent transactions, journal
 //!   version) and its two functions: [`CustomerState::decide`] turns a Cache Control change
 //!   into event drafts or a rejection, [`CustomerState::apply`] folds a committed event into
@@ -10,14 +11,17 @@
 //!   named; request fields checked against them.
 //! - [`payments`]: payment checks (idempotency, ownership, currency, funds, limits) and
 //!   `payment_status` events folded into the state.
+//! - [`templates`]: saved payments, journaled as `template_saved`/`template_deleted`.
 //! - [`views`]: what the API reads from the state (products, transaction pages).
 //!
 //! The actor shell (actors crate) assigns sequence numbers, commits events to the store and
 //! only then calls `apply`, so the state never runs ahead of the journal.
 
+pub mod autopay;
 pub mod customer;
 pub mod operations;
 pub mod payments;
+pub mod templates;
 pub mod views;
 
 pub use customer::{

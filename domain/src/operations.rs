@@ -94,6 +94,12 @@ pub struct LimitsDef {
     pub per_payment: Option<String>,
     #[serde(default)]
     pub daily: Option<String>,
+    /// A payment above this needs a step-up confirmation (default: the gateway's).
+    #[serde(default)]
+    pub confirm_above: Option<String>,
+    /// Whether a first payment to a payee needs a step-up confirmation.
+    #[serde(default)]
+    pub confirm_new_payee: bool,
 }
 
 /// How the destination is found.
@@ -266,6 +272,8 @@ impl Definition {
             per_payment: money("limits.per_payment", &raw.limits.per_payment)?,
             daily: money("limits.daily", &raw.limits.daily)?,
             customer_daily: None,
+            confirm_above: money("limits.confirm_above", &raw.limits.confirm_above)?,
+            confirm_new_payee: raw.limits.confirm_new_payee,
         };
         if raw.routing.command != "payment" {
             return Err(error(

@@ -37,6 +37,9 @@ pub fn fee(
 /// Older ones are in the journal (the feed) and the ABS still refuses their ids twice.
 pub const RECENT_PAYMENTS: usize = 500;
 
+/// Paid payees remembered for the step-up rule; beyond, a new payee is confirmed again.
+pub const KNOWN_PAYEES: usize = 1_000;
+
 /// Limits of an operation (from its definition) and of the customer, in one currency;
 /// a limit in another currency than the payment's does not apply to it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,34 @@ pub struct Limits {
     pub daily: Option<Money>,
     /// Most all payments of the customer may move per calendar day (UTC).
     pub customer_daily: Option<Money>,
+    /// A payment to someone else above this needs a step-up confirmation.
+    #[serde(default)]
+    pub confirm_above: Option<Money>,
+    /// A first payment to a payee needs a step-up confirmation.
+    #[serde(default)]
+    pub confirm_new_payee: bool,
+}
+
+/// Payments waiting for a confirmation kept in the state (the oldest is dropped beyond).
+pub const HELD_PAYMENTS: usize = 100;
+
+/// Longest payee key bound into a step-up challenge.
+pub const PAYEE_KEY_MAX: usize = 128;
+
+/// Who a payment goes to, as a step-up challenge binds it and the state remembers paid
+/// payees; `None` for the customer's own accounts (never confirmed).
+pub fn payee_key(to: &Destination) -> Option<String> {
+    let key = match to {
+        Destination::Account { own: true, .. } => return None,
+        Destination::Account { account_id, .. } => format!("account:{account_id}"),
+        Destination::Phone { phone } => format!("phone:{phone}"),
+        Destination::AccountNumber { number } => format!("number:{number}"),
+        Destination::Settlement {
+            account_id,
+            reference,
+        } => format!("settlement:{account_id}:{reference}"),
+    };
+    Some(key.chars().take(PAYEE_KEY_MAX).collect())
 }
 
 /// A payment as the gateway validated it against the operation's definition.
@@ -63,6 +94,9 @@ pub struct PaymentOrder {
     pub fee: Money,
     pub limits: Limits,
     pub description: String,
+    /// The customer confirmed it with a step-up code (the confirmation rules are skipped).
+    #[serde(default)]
+    pub confirmed: bool,
 }
 
 /// A payment as the state remembers it.
@@ -82,6 +116,9 @@ pub struct PaymentRecord {
     pub credited: Option<Money>,
     pub rate: Option<String>,
     pub payee: Option<String>,
+    /// The step-up challenge of a payment waiting for confirmation.
+    #[serde(default)]
+    pub challenge_id: Option<String>,
 }
 
 impl PaymentRecord {
@@ -104,6 +141,9 @@ impl PaymentRecord {
         }
         if let Some(payee) = &self.payee {
             answer["payee"] = json!(payee);
+        }
+        if let Some(challenge_id) = &self.challenge_id {
+            answer["challenge_id"] = json!(challenge_id);
         }
         answer
     }
@@ -153,6 +193,8 @@ pub enum PaymentCheck {
     Proceed,
     /// The same request again: answer what was answered.
     Replay(Value),
+    /// Allowed, but only after a step-up confirmation (amount or payee): nothing moves yet.
+    ConfirmationRequired,
 }
 
 fn day(at: OffsetDateTime) -> String {
@@ -181,10 +223,14 @@ impl CustomerState {
             if record.body_hash != order.body_hash {
                 return Err(PaymentRejection::IdempotencyConflict);
             }
-            if record.status != "pending" {
+            let confirming = record.status == "confirmation_required" && order.confirmed;
+            if record.status == "pending" {
+                return Ok(PaymentCheck::Proceed);
+            }
+            if !confirming {
                 return Ok(PaymentCheck::Replay(record.answer()));
             }
-            return Ok(PaymentCheck::Proceed);
+            // Confirmed: the checks run again against the state as it is now.
         }
         if order.amount.minor <= 0 || order.fee.minor < 0 {
             return Err(PaymentRejection::InvalidAmount);
@@ -261,7 +307,38 @@ impl CustomerState {
         if balance.minor.saturating_add(overdraft) < total {
             return Err(PaymentRejection::InsufficientFunds);
         }
+        if self.needs_confirmation(order) {
+            return Ok(PaymentCheck::ConfirmationRequired);
+        }
         Ok(PaymentCheck::Proceed)
+    }
+
+    /// Step-up rules: a payment to someone else above `confirm_above` (in its currency), or
+    /// a first payment to a payee when the operation asks for it. Own accounts never.
+    pub fn needs_confirmation(&self, order: &PaymentOrder) -> bool {
+        if order.confirmed {
+            return false;
+        }
+        let Some(payee) = payee_key(&order.to) else {
+            return false;
+        };
+        let above = order
+            .limits
+            .confirm_above
+            .filter(|l| l.currency == order.amount.currency)
+            .is_some_and(|l| order.amount.minor > l.minor);
+        above || (order.limits.confirm_new_payee && !self.known_payees.contains(&payee))
+    }
+
+    /// The `payment_status` event of an order held for the step-up challenge `challenge_id`
+    /// (the order travels with it, so a confirmation after passivation or failover finds it).
+    pub fn hold_event(order: &PaymentOrder, challenge_id: &str, at: OffsetDateTime) -> EventDraft {
+        let mut draft = Self::payment_event(order, "confirmation_required", at, None, None, None);
+        draft
+            .data
+            .insert("challenge_id".into(), json!(challenge_id));
+        draft.data.insert("order".into(), json!(order));
+        draft
     }
 
     /// The `payment_status` event of an order reaching `status`.
@@ -282,6 +359,9 @@ impl CustomerState {
         data.insert("amount".into(), json!(order.amount));
         data.insert("fee".into(), json!(order.fee));
         data.insert("body_hash".into(), json!(order.body_hash));
+        if let Some(key) = payee_key(&order.to) {
+            data.insert("payee_key".into(), json!(key));
+        }
         if let Some(credited) = credited {
             data.insert("credited".into(), json!(credited));
         }
@@ -339,6 +419,18 @@ impl CustomerState {
                     .or_default() += amount.minor;
             }
         }
+        if status == "completed"
+            && let Some(key) = text("payee_key")
+            && self.known_payees.len() < KNOWN_PAYEES
+        {
+            self.known_payees.insert(key);
+        }
+        let challenge_id = text("challenge_id");
+        let holding = status == "confirmation_required";
+        let order = event
+            .data
+            .get("order")
+            .and_then(|o| serde_json::from_value::<PaymentOrder>(o.clone()).ok());
         let at = self.payments.get(&id).map_or(event.at, |p| p.at);
         self.payments.insert(
             id.clone(),
@@ -355,6 +447,7 @@ impl CustomerState {
                 credited: money("credited"),
                 rate: text("rate"),
                 payee: text("payee"),
+                challenge_id: if holding { challenge_id.clone() } else { None },
             },
         );
         while self.payments.len() > RECENT_PAYMENTS {
@@ -368,5 +461,157 @@ impl CustomerState {
                 None => break,
             };
         }
+        if holding {
+            if let (Some(challenge), Some(order)) = (challenge_id, order) {
+                self.held.insert(challenge, order);
+            }
+            while self.held.len() > HELD_PAYMENTS {
+                let oldest = self
+                    .held
+                    .iter()
+                    .min_by_key(|(_, o)| self.payments.get(&o.payment_id).map_or(0, |p| p.seq))
+                    .map(|(c, _)| c.clone());
+                match oldest {
+                    Some(oldest) => self.held.remove(&oldest),
+                    None => break,
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::customer::{Product, Profile};
+    use kernel::{Currency, CustomerId};
+
+    fn state() -> CustomerState {
+        CustomerState::new(Profile {
+            customer_id: CustomerId::parse("c1").unwrap(),
+            name: "Anna".into(),
+            phone: "+79990000001".into(),
+            language: "en".into(),
+            products: vec![Product {
+                id: "a1".into(),
+                kind: ProductKind::Account,
+                title: "a1".into(),
+                status: "active".into(),
+                balance: Some(Money::new(10_000_000, Currency::RUB)),
+                details: Map::new(),
+            }],
+        })
+    }
+
+    fn order(id: &str, minor: i64, to: Destination, new_payee: bool) -> PaymentOrder {
+        PaymentOrder {
+            payment_id: id.into(),
+            body_hash: "h".into(),
+            operation: "transfer.phone".into(),
+            from: "a1".into(),
+            to,
+            amount: Money::new(minor, Currency::RUB),
+            fee: Money::new(0, Currency::RUB),
+            limits: Limits {
+                confirm_above: Some(Money::new(5_000_000, Currency::RUB)),
+                confirm_new_payee: new_payee,
+                ..Limits::default()
+            },
+            description: String::new(),
+            confirmed: false,
+        }
+    }
+
+    fn phone(p: &str) -> Destination {
+        Destination::Phone { phone: p.into() }
+    }
+
+    fn fold(state: &mut CustomerState, draft: EventDraft) {
+        let event = FeedEvent {
+            seq: state.version + 1,
+            id: draft.id,
+            kind: draft.kind.into(),
+            at: draft.at,
+            data: draft.data,
+        };
+        state.apply(&event);
+    }
+
+    #[test]
+    fn step_up_rules_amount_new_payee_and_own_accounts() {
+        let mut state = state();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let check = |s: &CustomerState, o: &PaymentOrder| s.check_payment(o, at).unwrap();
+        // At the threshold: at once; above: confirmation.
+        let small = order("p1", 5_000_000, phone("+79990000002"), false);
+        assert_eq!(check(&state, &small), PaymentCheck::Proceed);
+        let large = order("p2", 5_000_001, phone("+79990000002"), false);
+        assert_eq!(check(&state, &large), PaymentCheck::ConfirmationRequired);
+        // Own accounts never.
+        let own = Destination::Account {
+            account_id: "a1".into(),
+            own: true,
+        };
+        assert_eq!(
+            check(&state, &order("p3", 9_000_000, own, true)),
+            PaymentCheck::Proceed
+        );
+        // A new payee when the operation asks; known after a completed payment.
+        let first = order("p4", 100, phone("+79990000003"), true);
+        assert_eq!(check(&state, &first), PaymentCheck::ConfirmationRequired);
+        fold(
+            &mut state,
+            CustomerState::payment_event(&first, "completed", at, None, None, None),
+        );
+        let second = order("p5", 100, phone("+79990000003"), true);
+        assert_eq!(check(&state, &second), PaymentCheck::Proceed);
+        // Rejections come before the step-up: nothing is held for a refused payment.
+        let too_much = order("p6", 20_000_000, phone("+79990000002"), false);
+        assert_eq!(
+            state.check_payment(&too_much, at),
+            Err(PaymentRejection::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn a_held_payment_replays_until_confirmed_and_survives_replay_of_the_journal() {
+        let mut state = state();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let large = order("p1", 6_000_000, phone("+79990000002"), false);
+        fold(&mut state, CustomerState::hold_event(&large, "ch1", at));
+        // The same request again: the held answer with its challenge.
+        let PaymentCheck::Replay(answer) = state.check_payment(&large, at).unwrap() else {
+            panic!("expected a replay");
+        };
+        assert_eq!(answer["status"], "confirmation_required");
+        assert_eq!(answer["challenge_id"], "ch1");
+        assert_eq!(state.held["ch1"], large);
+        // Confirmed: checked again and allowed through.
+        let mut confirmed = state.held["ch1"].clone();
+        confirmed.confirmed = true;
+        assert_eq!(
+            state.check_payment(&confirmed, at),
+            Ok(PaymentCheck::Proceed)
+        );
+        fold(
+            &mut state,
+            CustomerState::payment_event(&confirmed, "completed", at, None, None, None),
+        );
+        // Completed: a second confirmation only replays the answer.
+        assert!(matches!(
+            state.check_payment(&confirmed, at),
+            Ok(PaymentCheck::Replay(_))
+        ));
+        assert!(state.known_payees.contains("phone:+79990000002"));
+        // The hold map stays bounded.
+        for i in 0..(HELD_PAYMENTS + 5) {
+            let o = order(&format!("q{i}"), 6_000_000, phone("+79990000002"), false);
+            fold(
+                &mut state,
+                CustomerState::hold_event(&o, &format!("c{i}"), at),
+            );
+        }
+        assert_eq!(state.held.len(), HELD_PAYMENTS);
+        assert!(state.held.contains_key(&format!("c{}", HELD_PAYMENTS + 4)));
     }
 }

@@ -347,3 +347,82 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let events = socket.events(1, WAIT).await.unwrap();
     assert_eq!(events[0].0, total as u64 + 1);
 }
+
+/// Two nodes, four concurrent payments of one customer, each spending most of the balance:
+/// the owner's actor serialises them wherever they arrive (the other node forwards to the
+/// partition owner), so exactly one succeeds and the money moves once.
+#[tokio::test]
+async fn concurrent_double_spend_through_two_nodes_exactly_one_succeeds() {
+    let cluster = Cluster::start(2).await;
+    let n = cluster.customer_owned_by(0).await;
+    let from = account(n);
+    let deposit = format!("d{:06}", n);
+    let tokens = [
+        cluster.nodes[0].client().login(n).await.unwrap(),
+        cluster.nodes[1].client().login(n).await.unwrap(),
+    ];
+    let (_, products) = cluster.nodes[0]
+        .client()
+        .get("/v1/products", Some(&tokens[0]))
+        .await
+        .unwrap();
+    let start = products["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == from.as_str())
+        .map(|p| p["balance"]["amount"].as_str().unwrap().to_owned())
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let client = cluster.nodes[i % 2].client();
+        let token = tokens[i % 2].clone();
+        let body = json!({"operation": "transfer.own", "from": from,
+            "amount": {"amount": "100000.00", "currency": "RUB"},
+            "fields": {"to": deposit}});
+        tasks.spawn(async move {
+            client
+                .post_idempotent("/v1/payments", &token, &format!("spend-{i}"), body)
+                .await
+                .unwrap()
+        });
+    }
+    let mut ok = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (status, body) = result.unwrap();
+        match status {
+            201 => {
+                assert_eq!(body["status"], "completed", "{body}");
+                ok += 1;
+            }
+            422 => assert_eq!(body["code"], "insufficient_funds"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let expected = start.parse::<f64>().unwrap() - 100_000.0; // test arithmetic only
+    for (node, token) in cluster.nodes.iter().zip(&tokens) {
+        let (_, products) = node
+            .client()
+            .get("/v1/products", Some(token))
+            .await
+            .unwrap();
+        let balance = products["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == from.as_str())
+            .map(|p| {
+                p["balance"]["amount"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .unwrap();
+        assert!(
+            (balance - expected).abs() < 0.001,
+            "{balance} != {expected}"
+        );
+    }
+}

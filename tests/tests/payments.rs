@@ -503,3 +503,432 @@ async fn a_tampered_definition_is_refused_and_hot_reload_picks_changes() {
     })
     .await;
 }
+
+async fn node_with_sms() -> (ArbatProcess, tests::SmsGateway, tempdir::TempDir) {
+    let sms = tests::SmsGateway::start().await.unwrap();
+    let dir = tempdir::TempDir::new();
+    let mut spec = NodeSpec::embedded(&dir.0);
+    spec.env.push(("ARBAT_SMS_URL".into(), sms.url.clone()));
+    let node = ArbatProcess::start(spec).await.expect("node starts");
+    (node, sms, dir)
+}
+
+async fn confirm(client: &tests::Client, token: &str, id: &str, body: Value) -> (u16, Value) {
+    client
+        .post(
+            &format!("/v1/auth/challenges/{id}/confirm"),
+            Some(token),
+            body,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_large_payment_waits_for_a_step_up_code_bound_to_it() {
+    let (node, sms, _dir) = node_with_sms().await;
+    let client = node.client();
+    let alice = client.login(10).await.unwrap();
+    let bob = client.login(11).await.unwrap();
+    let start = balance(&client, &alice, "accounts", &account(10)).await;
+    let bob_start = balance(&client, &bob, "accounts", &account(11)).await;
+    let pay = |amount: &str| {
+        json!({"operation": "transfer.phone", "from": account(10), "amount": rub(amount),
+            "fields": {"phone": tests::phone(11)}})
+    };
+
+    // Above the threshold: 201 confirmation_required, nothing moves.
+    let (status, held) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{held}");
+    assert_eq!(held["status"], "confirmation_required");
+    let challenge = held["challenge_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        start
+    );
+    // A retry with the same key answers the same challenge (no second code).
+    let (status, again) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &held));
+    let code = sms.code_for(&tests::phone(10), 0).await.unwrap();
+    assert_eq!(sms.count_to(&tests::phone(10)), 1);
+    // Another customer cannot confirm it.
+    let (status, _) = confirm(&client, &bob, &challenge, json!({"code": code})).await;
+    assert_eq!(status, 404);
+
+    // The code executes exactly that payment.
+    let (status, paid) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "completed");
+    assert_eq!(paid["id"], held["id"]);
+    assert_eq!(paid["amount"]["amount"], "60000.00");
+    let after = format!(
+        "{:.2}",
+        start.parse::<f64>().unwrap() - 60000.0 // test arithmetic only
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+    tests::eventually("bob credited", WAIT, || async {
+        (balance(&client, &bob, "accounts", &account(11)).await != bob_start).then_some(())
+    })
+    .await;
+    // Replaying the code: refused, nothing moves again.
+    let (status, problem) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!((status, problem["code"].as_str()), (410, Some("code_used")));
+    let (status, replay) = client
+        .post_idempotent("/v1/payments", &alice, "s1", pay("60000.00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, replay["status"].as_str()),
+        (201, Some("completed"))
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+
+    // A code presented for another amount: refused (and spent), nothing moves.
+    let (status, held) = client
+        .post_idempotent("/v1/payments", &alice, "s2", pay("70000.00"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, held["status"].as_str()),
+        (201, Some("confirmation_required"))
+    );
+    let challenge = held["challenge_id"].as_str().unwrap().to_owned();
+    let code = sms.code_for(&tests::phone(10), 1).await.unwrap();
+    let other = json!({"code": code, "operation": {"operation": "transfer.phone",
+        "amount": rub("70000.01"), "payee": format!("phone:{}", tests::phone(11))}});
+    let (status, problem) = confirm(&client, &alice, &challenge, other).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("operation_mismatch"))
+    );
+    let (status, problem) = confirm(&client, &alice, &challenge, json!({"code": code})).await;
+    assert_eq!((status, problem["code"].as_str()), (410, Some("code_used")));
+    // A code of one payment does not confirm another.
+    let (_, third) = client
+        .post_idempotent("/v1/payments", &alice, "s3", pay("50000.01"))
+        .await
+        .unwrap();
+    assert_eq!(third["status"], "confirmation_required");
+    let (status, problem) = confirm(
+        &client,
+        &alice,
+        third["challenge_id"].as_str().unwrap(),
+        json!({"code": code}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_code"))
+    );
+    let id = held["id"].as_str().unwrap();
+    let (status, read) = client
+        .get(&format!("/v1/payments/{id}"), Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, read["status"].as_str()),
+        (200, Some("confirmation_required"))
+    );
+    assert_eq!(
+        balance(&client, &alice, "accounts", &account(10)).await,
+        after
+    );
+    // At or below the threshold a known payee is paid at once.
+    let (status, small) = client
+        .post_idempotent("/v1/payments", &alice, "s4", pay("50000.00"))
+        .await
+        .unwrap();
+    assert_eq!((status, small["status"].as_str()), (201, Some("completed")));
+}
+
+#[tokio::test]
+async fn templates_are_per_customer_and_pay_through_the_payment_path() {
+    let (node, _dir) = node().await;
+    let client = node.client();
+    let alice = client.login(12).await.unwrap();
+    let bob = client.login(13).await.unwrap();
+    let start = balance(&client, &alice, "accounts", &account(12)).await;
+    let body = json!({"name": "Bob", "operation": "transfer.phone", "from": account(12),
+        "amount": rub("100.00"), "fields": {"phone": tests::phone(13)}});
+
+    // Creating needs a key; bad input changes nothing.
+    let (status, problem) = client
+        .post("/v1/templates", Some(&alice), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    let mut bad = body.clone();
+    bad["fields"]["phone"] = json!("12345");
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "bad", bad)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    let mut foreign = body.clone();
+    foreign["from"] = json!(account(13));
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "foreign", foreign)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+
+    let (status, created) = client
+        .post_idempotent("/v1/templates", &alice, "t1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, again) = client
+        .post_idempotent("/v1/templates", &alice, "t1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &created));
+    let mut other = body.clone();
+    other["name"] = json!("Bobby");
+    let (status, problem) = client
+        .post_idempotent("/v1/templates", &alice, "t1", other)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    let (status, list) = client.get("/v1/templates", Some(&alice)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["name"], "Bob");
+    // Another customer sees none and cannot pay or delete it.
+    let (_, list) = client.get("/v1/templates", Some(&bob)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let path = format!("/v1/templates/{id}/pay");
+    let (status, _) = client
+        .post_idempotent(&path, &bob, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = client
+        .delete(&format!("/v1/templates/{id}"), Some(&bob))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+
+    // Paying it: the payment path, idempotent by the key.
+    let (status, paid) = client
+        .post_idempotent(&path, &alice, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(paid["status"], "completed");
+    assert_eq!(paid["amount"]["amount"], "100.00");
+    let (status, again) = client
+        .post_idempotent(&path, &alice, "p1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &paid));
+    let (status, problem) = client
+        .post_idempotent(&path, &alice, "p1", json!({"amount": rub("5.00")}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    let after = balance(&client, &alice, "accounts", &account(12)).await;
+    assert_eq!(
+        after.parse::<f64>().unwrap() + 100.0,
+        start.parse::<f64>().unwrap()
+    );
+
+    // Without an amount, the payment names one.
+    let mut open = body.clone();
+    open.as_object_mut().unwrap().remove("amount");
+    let (status, open) = client
+        .post_idempotent("/v1/templates", &alice, "t2", open)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{open}");
+    let open_path = format!("/v1/templates/{}/pay", open["id"].as_str().unwrap());
+    let (status, problem) = client
+        .post_idempotent(&open_path, &alice, "p2", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    let (status, paid) = client
+        .post_idempotent(&open_path, &alice, "p3", json!({"amount": rub("7.00")}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, paid["amount"]["amount"].as_str()),
+        (201, Some("7.00"))
+    );
+
+    // Deleted: gone for every channel.
+    let (status, _) = client
+        .delete(&format!("/v1/templates/{id}"), Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = client
+        .post_idempotent(&path, &alice, "p4", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (_, list) = client.get("/v1/templates", Some(&alice)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_balance_triggered_autopayment_tops_up_once_per_day_and_failures_are_reported() {
+    let (node, _dir) = node().await;
+    let client = node.client();
+    let token = client.login(14).await.unwrap();
+    let (from, to) = ("d000014".to_owned(), account(14));
+    let top_up = |amount: &str, from: &str, to: &str, below: &str| {
+        json!({"name": "keep my card funded", "operation": "transfer.own", "from": from,
+            "amount": rub(amount), "fields": {"to": to},
+            "schedule": {"kind": "balance", "account": to, "below": rub(below)}})
+    };
+    let body = top_up("1000.00", &from, &to, "100000.00");
+
+    // Bad input changes nothing.
+    let (status, problem) = client
+        .post("/v1/autopayments", Some(&token), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    let (status, problem) = client
+        .post_idempotent(
+            "/v1/autopayments",
+            &token,
+            "bad",
+            top_up("1000.00", &from, &account(15), "100000.00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("account_not_found"))
+    );
+    let mut monthly = body.clone();
+    monthly["schedule"] = json!({"kind": "monthly", "day": 5});
+    let (status, problem) = client
+        .post_idempotent("/v1/autopayments", &token, "monthly", monthly)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("unsupported_schedule"))
+    );
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+
+    let (status, created) = client
+        .post_idempotent("/v1/autopayments", &token, "ap1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let (status, again) = client
+        .post_idempotent("/v1/autopayments", &token, "ap1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &created));
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["schedule"]["below"]["amount"], "100000.00");
+
+    // A debit from another system drops the balance below the threshold: topped up once.
+    let start = balance(&client, &token, "accounts", &to).await;
+    let start = start.parse::<f64>().unwrap(); // test arithmetic only
+    client.abs_post("ext-1", &to, "-60000.00").await.unwrap();
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0);
+    tests::eventually("topped up", WAIT, || async {
+        (balance(&client, &token, "accounts", &to).await == expected).then_some(())
+    })
+    .await;
+    // Still below: no second top-up in the same period.
+    client.abs_post("ext-2", &to, "-1.00").await.unwrap();
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0 - 1.0);
+    tests::eventually("second debit", WAIT, || async {
+        (balance(&client, &token, "accounts", &to).await == expected).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(balance(&client, &token, "accounts", &to).await, expected);
+    let feed = client.whole_feed(&token).await.unwrap();
+    let runs: Vec<&Value> = feed
+        .iter()
+        .filter(|e| {
+            e["kind"] == "payment_status"
+                && e["payment_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("autopay:"))
+        })
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "completed");
+
+    // A run the rules refuse: reported (payment_status rejected), money unmoved, once.
+    let (status, _) = client
+        .post_idempotent(
+            "/v1/autopayments",
+            &token,
+            "ap2",
+            top_up("9000000.00", &from, &to, "100000.00"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    client.abs_post("ext-3", &to, "-1.00").await.unwrap();
+    tests::eventually("refusal reported", WAIT, || async {
+        let feed = client.whole_feed(&token).await.unwrap();
+        feed.iter()
+            .find(|e| e["kind"] == "payment_status" && e["status"] == "rejected")
+            .cloned()
+    })
+    .await;
+    let expected = format!("{:.2}", start - 60000.0 + 1000.0 - 2.0);
+    assert_eq!(balance(&client, &token, "accounts", &to).await, expected);
+
+    // Deleted: listed no more; another customer cannot delete it.
+    let other = client.login(15).await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = client
+        .delete(&format!("/v1/autopayments/{id}"), Some(&other))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = client
+        .delete(&format!("/v1/autopayments/{id}"), Some(&token))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}

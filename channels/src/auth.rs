@@ -14,24 +14,56 @@ use crate::manager::{client_ip, rate_limited};
 use crate::problem::Problem;
 use crate::tokens::Claims;
 
-/// Password hashings and verifications running at once (one per core).
-static PASSWORD_SLOTS: std::sync::LazyLock<tokio::sync::Semaphore> =
+/// A job for the password threads.
+type PasswordJob = Box<dyn FnOnce() + Send>;
+
+/// Password hashing runs on a small fixed pool of threads, one per core. argon2 is
+/// deliberately slow and takes 19 MiB per hash: off the async workers it cannot stall the
+/// node, and on a fixed set of threads the allocator keeps at most one such buffer per
+/// thread (on tokio's growing blocking pool every new thread kept its own, and a burst of
+/// logins left the node hundreds of MiB larger). The queue is bounded: past it, shed.
+static PASSWORD_POOL: std::sync::LazyLock<Option<std::sync::mpsc::SyncSender<PasswordJob>>> =
     std::sync::LazyLock::new(|| {
-        tokio::sync::Semaphore::new(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-        )
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PasswordJob>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for n in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("arbat-password-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(tx)
     });
 
-/// Runs argon2 work off the async workers, at most one per core: it is deliberately slow and
-/// takes 19 MiB per hash, so a burst of logins must neither stall the node nor balloon its
-/// memory. `None` if the work could not run.
+/// Runs argon2 work on the password threads; `None` if it could not run.
 pub(crate) async fn argon2_blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let _slot = PASSWORD_SLOTS.acquire().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let job: PasswordJob = Box::new(move || {
+        let _ = done_tx.send(work());
+    });
+    // A full queue sheds the request (the caller answers 503): a login flood must not queue
+    // without bound.
+    PASSWORD_POOL.as_ref()?.try_send(job).ok()?;
+    done_rx.await.ok()
 }
 
 /// Hashes a password with argon2id (the crate's defaults: m = 19 MiB, t = 2, p = 1, the

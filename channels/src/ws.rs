@@ -30,7 +30,7 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_BAD_MESSAGE: u16 = 4400;
 const REPLAY_PAGE: u32 = 500;
 /// Sockets keep small buffers: most are idle, and memory per idle socket is a budget.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
 
 /// The token from `Authorization: Bearer` or the `bearer.<token>` subprotocol.

@@ -288,11 +288,12 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
 
 #[derive(Deserialize)]
 pub(crate) struct RegisterRequest {
-    #[serde(default)]
-    phone: Option<String>,
+    /// Either this or `card_number`; an explicit `null` counts as given (and is refused).
+    #[serde(default, deserialize_with = "present")]
+    phone: Option<Value>,
     /// A card number, checked against the ABS; the login becomes the phone on file. Taken as
     /// any JSON value so that a wrong type is refused without echoing it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     card_number: Option<Value>,
     password: String,
     #[serde(default)]
@@ -312,18 +313,24 @@ struct Registrant {
     identifier: String,
 }
 
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 async fn registrant(gateway: &Gateway, request: &RegisterRequest) -> Result<Registrant, Problem> {
     match (&request.phone, &request.card_number) {
         (Some(phone), None) => {
-            if !policy::valid_phone(phone) {
+            let Some(phone) = phone.as_str().filter(|p| policy::valid_phone(p)) else {
                 return Err(Problem::bad_request("phone must be +<country><number>"));
-            }
+            };
+            let phone = phone.to_owned();
             Ok(Registrant {
                 customer: None,
-                phone: phone.clone(),
-                label: mask_phone(phone),
+                label: mask_phone(&phone),
                 limit_key: format!("phone:{phone}"),
                 identifier: phone.clone(),
+                phone,
             })
         }
         (None, Some(card)) => {

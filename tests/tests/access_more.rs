@@ -141,6 +141,8 @@ async fn registration_by_card_number_checked_against_the_abs() {
         json!({"card_number": "2202201234567890", "password": PASSWORD}),
         json!({"card_number": 2202201234567891u64, "password": PASSWORD}),
         json!({"card_number": pan, "phone": phone(150), "password": PASSWORD}),
+        json!({"card_number": pan, "phone": null, "password": PASSWORD}),
+        json!({"password": PASSWORD}),
     ] {
         let (status, answer) = client.post("/v1/auth/register", None, body).await.unwrap();
         assert_eq!(status, 400, "{answer}");

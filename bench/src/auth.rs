@@ -205,9 +205,9 @@ impl EmbeddedNode {
             .args(["--backoffice-key", crate::cluster::BACKOFFICE_KEY])
             .args([
                 "--rate-limit-ip",
-                "100000000",
+                "1000000",
                 "--rate-limit-customer",
-                "100000000",
+                "1000000",
             ])
             .args(["--access-token-ttl-s", "86400"]);
         let mut node = ChildProcess::spawn("arbat serve", command, dir.path().join("node.log"))?;

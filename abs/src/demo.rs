@@ -237,5 +237,7 @@ mod tests {
             assert!(pan.starts_with("220220") && pan.ends_with(&format!("{:04}", n % 10_000)));
         }
         assert_ne!(pan(1), pan(2));
+        // Documented in the README.
+        assert_eq!(pan(101), "2202209981910101");
     }
 }

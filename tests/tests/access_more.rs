@@ -322,3 +322,45 @@ async fn login_token(client: &Client, n: u32) -> String {
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().unwrap().to_owned()
 }
+
+/// Loose timing check against enumeration: registering a phone the bank knows and one it does
+/// not take the same work (an argon2 hash, a challenge write; the SMS leaves off the request
+/// path). Interleaved samples, medians, and a generous factor, so that a noisy shared machine
+/// does not make it flaky; it catches a path that skips the hash (a ~50× difference).
+#[tokio::test]
+async fn registration_takes_as_long_for_unknown_phones_as_for_known_ones() {
+    let node = LoggedNode::start().await;
+    let client = &node.client;
+    let time = |who: String| async move {
+        let started = std::time::Instant::now();
+        let (status, body) = client
+            .post(
+                "/v1/auth/register",
+                None,
+                json!({"phone": who, "password": PASSWORD}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "{body}");
+        started.elapsed()
+    };
+    // Warm-up: the first requests pay for connections and lazy initialisation.
+    time(phone(199)).await;
+    time("+79997650999".to_owned()).await;
+    let (mut known, mut unknown) = (vec![], vec![]);
+    for i in 0..15 {
+        known.push(time(phone(160 + i)).await);
+        unknown.push(time(format!("+7999765{:04}", i)).await);
+    }
+    let median = |mut samples: Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2].as_secs_f64()
+    };
+    let (known, unknown) = (median(known), median(unknown));
+    let ratio = known / unknown;
+    eprintln!("registration medians: known {known:.4} s, unknown {unknown:.4} s, ratio {ratio:.2}");
+    assert!(
+        (1.0 / 3.0..=3.0).contains(&ratio),
+        "known {known:.4} s vs unknown {unknown:.4} s"
+    );
+}

@@ -171,6 +171,34 @@ pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
     (customer, products)
 }
 
+/// The full card number of demo customer `n` (deterministic, documented in the README):
+/// `220220`, five digits of `(n × 7919) mod 100000`, a check-fixing digit, then the last
+/// four of the masked PAN (`n mod 10000`), so that the Luhn check holds. The ABS keeps only
+/// its keyed hash ([`crate::cards`]).
+pub fn pan(n: u32) -> String {
+    let head = format!("220220{:05}", (u64::from(n) * 7919) % 100_000);
+    let tail = format!("{:04}", n % 10_000);
+    (0..10)
+        .map(|d| format!("{head}{d}{tail}"))
+        .find(|pan| crate::cards::luhn_valid(pan))
+        .unwrap_or_default()
+}
+
+/// Records the keyed hash of every demo card's full PAN (idempotent).
+pub async fn seed_card_pans(store: &dyn kernel::store::Store) -> Result<(), StoreError> {
+    let key = crate::cards::pan_key(store).await?;
+    let cards: Vec<_> = (1..=ABS_CUSTOMERS)
+        .map(|n| {
+            (
+                format!("k{n:06}"),
+                customer_id(n),
+                crate::cards::pan_hash(&key, &pan(n)),
+            )
+        })
+        .collect();
+    store.abs_set_card_pans(&cards).await
+}
+
 /// Seeds every demo customer unless present; returns how many were new.
 pub async fn seed(store: &dyn AbsStore) -> Result<u32, StoreError> {
     let (bank, accounts) = bank();
@@ -202,5 +230,14 @@ mod tests {
                 .iter()
                 .any(|p| p.details["pan_masked"] == "220220******0007")
         );
+        for n in [1, 7, 101, 200] {
+            let pan = pan(n);
+            assert_eq!(pan.len(), 16);
+            assert!(crate::cards::luhn_valid(&pan), "{pan}");
+            assert!(pan.starts_with("220220") && pan.ends_with(&format!("{:04}", n % 10_000)));
+        }
+        assert_ne!(pan(1), pan(2));
+        // Documented in the README.
+        assert_eq!(pan(101), "2202209981910101");
     }
 }

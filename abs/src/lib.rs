@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`demo`]: the demo customers and their products (API.md "Demo data").
+//! - [`cards`]: card numbers kept as keyed hashes (registration by card number).
 //! - [`Abs`]: postings to accounts (idempotent by posting id) that publish Cache Control
 //!   changes through a [`ChangeSink`] exactly as a bank's ABS adapter would, and the
 //!   request/reply commands on `abs.cmd.*` that customer actors use at first activation.
@@ -27,6 +28,7 @@ use kernel::{Change, ChangeBody, Currency, CustomerId, Money};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub mod cards;
 pub mod demo;
 pub mod ledger;
 mod payments;

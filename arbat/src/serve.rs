@@ -113,6 +113,9 @@ pub async fn run(
         let added = abs::demo::seed(&*store)
             .await
             .context("seeding the demo ABS")?;
+        abs::demo::seed_card_pans(&*store)
+            .await
+            .context("seeding the demo card numbers")?;
         seed_demo_logins(&*store).await?;
         tracing::info!(added, "demo data seeded");
     }

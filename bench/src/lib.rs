@@ -27,6 +27,7 @@
 //! change id. Every phase is drained and checked: frames delivered vs frames expected.
 //! Idle density: M idle authenticated subscribed sockets; server VmRSS before and after.
 
+pub mod auth;
 pub mod clients;
 pub mod cluster;
 pub mod publisher;
@@ -62,6 +63,9 @@ pub enum BenchCommand {
     /// The live path (ABS change → actor → journal → WebSocket frame) against a bare
     /// NATS→WebSocket relay, and server memory per idle socket.
     Live(LiveArgs),
+    /// Logins/s (argon2id), token verifications/s per core and the latency the gateway adds
+    /// to a warm read, each beside a baseline, against a self-hosted embedded node.
+    Auth(auth::AuthArgs),
     /// The baseline relay alone (started by `bench live`; useful by hand).
     #[command(hide = true)]
     Relay(relay::RelayArgs),
@@ -193,6 +197,10 @@ impl LiveArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     match args.command {
         BenchCommand::Live(live) => run_live(live).await,
+        BenchCommand::Auth(args) => {
+            auth::run_auth(args).await?;
+            Ok(Report::default())
+        }
         BenchCommand::Relay(relay) => {
             relay::serve(relay).await?;
             Ok(Report::default())

@@ -184,6 +184,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/staff/v1/audit", get(staff::audit))
         .route("/admin/v1/staff", post(staff::create))
         .route("/v1/me", get(rest::me))
+        .route("/v1/me/phone", post(manager::change_phone))
         .route("/v1/products", get(rest::products))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
         .route("/v1/feed", get(rest::feed))

@@ -288,10 +288,79 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
 
 #[derive(Deserialize)]
 pub(crate) struct RegisterRequest {
-    phone: String,
+    /// Either this or `card_number`; an explicit `null` counts as given (and is refused).
+    #[serde(default, deserialize_with = "present")]
+    phone: Option<Value>,
+    /// A card number, checked against the ABS; the login becomes the phone on file. Taken as
+    /// any JSON value so that a wrong type is refused without echoing it.
+    #[serde(default, deserialize_with = "present")]
+    card_number: Option<Value>,
     password: String,
     #[serde(default)]
     device_id: Option<String>,
+}
+
+/// Who a registration is for, before eligibility: the ABS's customer (if any), the phone the
+/// code goes to and that becomes the login, and labels safe to log.
+struct Registrant {
+    customer: Option<kernel::store::AbsCustomer>,
+    phone: String,
+    /// For the audit log: a masked phone or `card *1234`.
+    label: String,
+    /// For the send limit: the phone, or the card's keyed hash.
+    limit_key: String,
+    /// What the password must not contain.
+    identifier: String,
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+async fn registrant(gateway: &Gateway, request: &RegisterRequest) -> Result<Registrant, Problem> {
+    match (&request.phone, &request.card_number) {
+        (Some(phone), None) => {
+            let Some(phone) = phone.as_str().filter(|p| policy::valid_phone(p)) else {
+                return Err(Problem::bad_request("phone must be +<country><number>"));
+            };
+            let phone = phone.to_owned();
+            Ok(Registrant {
+                customer: None,
+                label: mask_phone(&phone),
+                limit_key: format!("phone:{phone}"),
+                identifier: phone.clone(),
+                phone,
+            })
+        }
+        (None, Some(card)) => {
+            let Some(pan) = card.as_str().and_then(abs::cards::normalize_pan) else {
+                return Err(Problem::bad_request(
+                    "card_number must be 13 to 19 digits with a valid check digit",
+                ));
+            };
+            let key = abs::cards::pan_key(&*gateway.store)
+                .await
+                .map_err(unavailable)?;
+            let customer = abs::cards::customer_by_pan(&*gateway.store, &key, &pan)
+                .await
+                .map_err(unavailable)?;
+            let phone = customer
+                .as_ref()
+                .map(|c| c.phone.clone())
+                .unwrap_or_default();
+            Ok(Registrant {
+                customer,
+                phone,
+                label: format!("card *{}", &pan[pan.len() - 4..]),
+                limit_key: format!("card:{}", abs::cards::pan_hash(&key, &pan)),
+                identifier: pan,
+            })
+        }
+        _ => Err(Problem::bad_request(
+            "give either phone or card_number, not both",
+        )),
+    }
 }
 
 pub(crate) async fn register(
@@ -300,10 +369,8 @@ pub(crate) async fn register(
     request: JsonBody<RegisterRequest>,
 ) -> Result<Response, Problem> {
     let request = body(request)?;
-    if !policy::valid_phone(&request.phone) {
-        return Err(Problem::bad_request("phone must be +<country><number>"));
-    }
-    if let Err(reason) = policy::check_password(&request.password, &request.phone) {
+    let registrant = registrant(&gateway, &request).await?;
+    if let Err(reason) = policy::check_password(&request.password, &registrant.identifier) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "weak_password",
@@ -316,22 +383,23 @@ pub(crate) async fn register(
             "device_id must be 1 to 128 characters",
         ));
     }
-    if let Err(wait) = gateway
-        .limits
-        .sends
-        .check(&format!("phone:{}", request.phone))
-    {
+    if let Err(wait) = gateway.limits.sends.check(&registrant.limit_key) {
         return Err(rate_limited(wait));
     }
-    // Eligible: the bank knows the phone as a customer and it has no login yet.
-    let customer = gateway
-        .store
-        .abs_customer_by_phone(&request.phone)
-        .await
-        .map_err(unavailable)?;
+    // Eligible: the bank knows the phone (or card) as a customer's and it has no login yet.
+    let customer = match registrant.customer {
+        Some(customer) => Some(customer),
+        None if request.card_number.is_none() => gateway
+            .store
+            .abs_customer_by_phone(&registrant.phone)
+            .await
+            .map_err(unavailable)?,
+        None => None,
+    };
+    let phone = registrant.phone;
     let registered = gateway
         .store
-        .credential(&request.phone)
+        .credential(&phone)
         .await
         .map_err(unavailable)?
         .is_some();
@@ -348,7 +416,7 @@ pub(crate) async fn register(
         .unwrap_or_default();
     let context = json!({
         "subject": subject,
-        "phone": request.phone,
+        "phone": phone,
         "device_id": device_id,
         "password_hash": password_hash,
         "eligible": eligible.is_some(),
@@ -361,22 +429,10 @@ pub(crate) async fn register(
         )
         .await?;
     if let Some(customer) = &eligible {
-        gateway.send_code(
-            &customer.id,
-            &request.phone,
-            code,
-            Purpose::Register,
-            &challenge.id,
-        );
+        gateway.send_code(&customer.id, &phone, code, Purpose::Register, &challenge.id);
     }
     gateway
-        .audit(
-            "register_started",
-            &subject,
-            &mask_phone(&request.phone),
-            &ip,
-            true,
-        )
+        .audit("register_started", &subject, &registrant.label, &ip, true)
         .await;
     Ok((
         StatusCode::ACCEPTED,
@@ -638,6 +694,20 @@ pub(crate) async fn confirm(
             Purpose::Register | Purpose::Login => {
                 challenge::binding(challenge.purpose, &subject, &[])
             }
+            Purpose::PhoneChange => {
+                // Only the customer it was issued to may confirm it: anyone else gets 404.
+                let Some(caller) = &caller else {
+                    return Err(Problem::unauthorized());
+                };
+                if caller.sub.as_str() != subject {
+                    return Err(Problem::not_found());
+                }
+                let new_phone = challenge.context["new_phone"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                challenge::binding(Purpose::PhoneChange, &subject, &[&new_phone])
+            }
             Purpose::StepUp => {
                 // Only the customer it was issued to may confirm it: anyone else gets 404.
                 let Some(caller) = &caller else {
@@ -696,6 +766,10 @@ pub(crate) async fn confirm(
                 true,
             )
             .await;
+        if challenge.purpose == Purpose::PhoneChange {
+            let sid = caller.as_ref().map(|c| c.sid.clone()).unwrap_or_default();
+            return finish_phone_change(&gateway, &challenge, &subject, &sid, &ip).await;
+        }
         return finish(&gateway, &challenge, &subject, request.operation.as_ref()).await;
     }
     Err(Problem::unavailable("try again"))
@@ -761,6 +835,8 @@ async fn finish(
             "challenge_id": challenge.id,
         }))
         .into_response()),
+        // Finished by `finish_phone_change` (it needs the caller's session).
+        Purpose::PhoneChange => Err(Problem::internal()),
     }
 }
 
@@ -1089,6 +1165,166 @@ pub(crate) async fn change_password(
         "other_sessions": others.len(),
         "ended_other_sessions": request.end_other_sessions,
     })))
+}
+
+// ---- phone change ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(crate) struct PhoneChange {
+    current_password: String,
+    new_phone: String,
+    #[serde(default)]
+    end_other_sessions: bool,
+}
+
+/// `POST /v1/me/phone`: re-authentication by the current password, then a code sent to the
+/// NEW phone (202 with the challenge). Confirming it (`/v1/auth/challenges/{id}/confirm`, by
+/// the same customer) moves the phone on file and the login, alerts the old phone, and ends
+/// the other sessions when asked.
+pub(crate) async fn change_phone(
+    State(gateway): State<Arc<Gateway>>,
+    Customer(claims): Customer,
+    ClientIp(ip): ClientIp,
+    request: JsonBody<PhoneChange>,
+) -> Result<Response, Problem> {
+    let request = body(request)?;
+    if !policy::valid_phone(&request.new_phone) {
+        return Err(Problem::bad_request("new_phone must be +<country><number>"));
+    }
+    let customer = claims.sub.clone();
+    let phone = gateway
+        .store
+        .abs_customer(&customer)
+        .await
+        .map_err(unavailable)?
+        .map(|c| c.phone)
+        .ok_or_else(invalid_credentials)?;
+    let key = format!("login:{phone}");
+    gateway.lock_check(std::slice::from_ref(&key)).await?;
+    let credential = gateway
+        .store
+        .credential(&phone)
+        .await
+        .map_err(unavailable)?
+        .filter(|c| c.customer_id == customer)
+        .ok_or_else(invalid_credentials)?;
+    let (hash, current) = (credential.password_hash.clone(), request.current_password);
+    let verified = crate::auth::argon2_blocking(move || verify_password(&hash, &current))
+        .await
+        .unwrap_or(false);
+    if !verified {
+        gateway
+            .store
+            .record_failure(&key, gateway.config.login_lockout, kernel::now())
+            .await
+            .map_err(unavailable)?;
+        gateway
+            .audit("phone_change", customer.as_str(), "", &ip, false)
+            .await;
+        return Err(invalid_credentials());
+    }
+    if request.new_phone == phone {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "same_phone",
+            "this is already the phone on file",
+        ));
+    }
+    if let Err(wait) = gateway
+        .limits
+        .sends
+        .check(&format!("phone:{}", request.new_phone))
+    {
+        return Err(rate_limited(wait));
+    }
+    let (challenge, code) = gateway
+        .new_challenge(
+            Purpose::PhoneChange,
+            challenge::binding(
+                Purpose::PhoneChange,
+                customer.as_str(),
+                &[&request.new_phone],
+            ),
+            json!({
+                "subject": customer.as_str(),
+                "old_phone": phone,
+                "new_phone": request.new_phone,
+                "end_other_sessions": request.end_other_sessions,
+            }),
+        )
+        .await?;
+    gateway.send_code(
+        &customer,
+        &request.new_phone,
+        code,
+        Purpose::PhoneChange,
+        &challenge.id,
+    );
+    gateway
+        .audit(
+            "phone_change_started",
+            customer.as_str(),
+            &mask_phone(&request.new_phone),
+            &ip,
+            true,
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"challenge_id": challenge.id, "expires_in": challenge::CODE_TTL_S})),
+    )
+        .into_response())
+}
+
+async fn finish_phone_change(
+    gateway: &Gateway,
+    challenge: &Challenge,
+    subject: &str,
+    sid: &str,
+    ip: &str,
+) -> Result<Response, Problem> {
+    let customer = CustomerId::parse(subject).map_err(|_| Problem::internal())?;
+    let old = challenge.context["old_phone"].as_str().unwrap_or_default();
+    let new = challenge.context["new_phone"].as_str().unwrap_or_default();
+    let end_others = challenge.context["end_other_sessions"]
+        .as_bool()
+        .unwrap_or(false);
+    let in_use = || {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "phone_in_use",
+            "this phone cannot be used; contact the bank",
+        )
+    };
+    // Only someone holding the new phone's code learns that it is taken.
+    match gateway.store.change_phone(&customer, old, new).await {
+        Ok(true) => {}
+        Ok(false) | Err(kernel::store::StoreError::NotFound) => return Err(in_use()),
+        Err(error) => return Err(unavailable(error)),
+    }
+    let others: Vec<SessionRecord> = gateway
+        .store
+        .sessions_of(&customer)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|s| s.id != sid)
+        .collect();
+    if end_others {
+        for session in &others {
+            gateway.revoke(session).await?;
+        }
+    }
+    gateway.notify_security(&customer, old, "phone changed");
+    gateway
+        .audit("phone_change", subject, &mask_phone(new), ip, true)
+        .await;
+    Ok(Json(json!({
+        "phone": new,
+        "other_sessions": others.len(),
+        "ended_other_sessions": end_others,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

@@ -20,9 +20,15 @@ pub(crate) async fn me(
     State(gateway): State<Arc<Gateway>>,
     Customer(claims): Customer,
 ) -> Result<Json<Value>, Problem> {
-    Ok(Json(
-        gateway.node.call(&claims.sub, CustomerRequest::Me).await?,
-    ))
+    let mut me = gateway.node.call(&claims.sub, CustomerRequest::Me).await?;
+    // The phone on file can change (`POST /v1/me/phone`) after the actor loaded its profile,
+    // and no Cache Control change carries it yet: the ABS's record is the truth.
+    if let Ok(Some(abs)) = gateway.store.abs_customer(&claims.sub).await
+        && let Some(object) = me.as_object_mut()
+    {
+        object.insert("phone".into(), Value::String(abs.phone));
+    }
+    Ok(Json(me))
 }
 
 pub(crate) async fn products(

@@ -266,6 +266,14 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<Vec<(String, CustomerId)>, StoreError>;
     /// Replaces the password hash of an existing login (`NotFound` otherwise).
     async fn set_password(&self, login: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// Moves the customer's phone on file (reference ABS) and login from `old` to `new` in
+    /// one transaction; false when another customer or login already has `new`.
+    async fn change_phone(
+        &self,
+        customer: &CustomerId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
 
     async fn insert_challenge(&self, challenge: &ChallengeRecord) -> Result<(), StoreError>;
     async fn challenge(&self, id: &str) -> Result<Option<ChallengeRecord>, StoreError>;
@@ -412,6 +420,15 @@ pub trait AbsStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     async fn abs_customer(&self, id: &CustomerId) -> Result<Option<AbsCustomer>, StoreError>;
     async fn abs_customer_by_phone(&self, phone: &str) -> Result<Option<AbsCustomer>, StoreError>;
+    /// Records cards' full-PAN hashes (HMAC under the ABS's key; never the PAN) for
+    /// registration by card number, as (card id, customer, hash), in one write. Idempotent.
+    async fn abs_set_card_pans(
+        &self,
+        cards: &[(String, CustomerId, String)],
+    ) -> Result<(), StoreError>;
+    /// The customer whose card has this PAN hash.
+    async fn abs_customer_by_card(&self, pan_hash: &str)
+    -> Result<Option<AbsCustomer>, StoreError>;
     async fn abs_products(&self, id: &CustomerId) -> Result<Vec<AbsProduct>, StoreError>;
     /// Applies the posting atomically: `NotFound` for an unknown account,
     /// `Refused("insufficient_funds")` below the floor, the first result on a repeated id.

@@ -879,6 +879,83 @@ pub(crate) async fn abs_customer_by_phone(
         .transpose()
 }
 
+pub(crate) async fn abs_set_card_pan(
+    c: &mut Conn,
+    card_id: &str,
+    customer: &str,
+    pan_hash: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO abs_card_pans (pan_hash, card_id, customer_id) VALUES ($1, $2, $3)
+         ON CONFLICT (pan_hash) DO NOTHING",
+    )
+    .bind(pan_hash)
+    .bind(card_id)
+    .bind(customer)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn abs_customer_by_card(
+    c: &mut Conn,
+    pan_hash: &str,
+) -> Result<Option<AbsCustomer>, StoreError> {
+    sqlx::query(
+        "SELECT c.id, c.phone, c.name, c.language FROM abs_card_pans p
+         JOIN abs_customers c ON c.id = p.customer_id WHERE p.pan_hash = $1",
+    )
+    .bind(pan_hash)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?
+    .as_ref()
+    .map(abs_customer_from_row)
+    .transpose()
+}
+
+/// Moves a customer's phone on file and login to `new`, unless another customer or login
+/// has it (false).
+pub(crate) async fn change_phone(
+    c: &mut Conn,
+    customer: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, StoreError> {
+    let taken = sqlx::query(
+        "SELECT 1 FROM abs_customers WHERE phone = $1
+         UNION ALL SELECT 1 FROM credentials WHERE login = $1",
+    )
+    .bind(new)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?
+    .is_some();
+    if taken {
+        return Ok(false);
+    }
+    let moved = sqlx::query("UPDATE abs_customers SET phone = $2 WHERE id = $1 AND phone = $3")
+        .bind(customer)
+        .bind(new)
+        .bind(old)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    if moved == 0 {
+        return Err(StoreError::NotFound);
+    }
+    sqlx::query("UPDATE credentials SET login = $3 WHERE login = $2 AND customer_id = $1")
+        .bind(customer)
+        .bind(old)
+        .bind(new)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    Ok(true)
+}
+
 fn abs_product_from_row<R: Row>(row: &R) -> Result<AbsProduct, StoreError>
 where
     usize: sqlx::ColumnIndex<R>,

@@ -14,8 +14,19 @@ use sqlx::{Connection, Executor as _, PgConnection, SqliteConnection};
 
 use crate::convert::{db_err, time_to_db};
 
-const SQLITE: &[(i64, &str)] = &[(1, SQLITE_V1), (2, SQLITE_V2), (3, LEDGER_V3)];
-const POSTGRES: &[(i64, &str)] = &[(1, POSTGRES_V1), (2, POSTGRES_V2), (3, LEDGER_V3)];
+// Step 4 is reserved for the payments work (templates, autopayments), merged separately.
+const SQLITE: &[(i64, &str)] = &[
+    (1, SQLITE_V1),
+    (2, SQLITE_V2),
+    (3, LEDGER_V3),
+    (4, CARD_PANS_V4),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, POSTGRES_V1),
+    (2, POSTGRES_V2),
+    (3, LEDGER_V3),
+    (4, CARD_PANS_V4),
+];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
 const PG_MIGRATION_LOCK: i64 = 0x4152_4241_545f_4d31; // "ARBAT_M1"
@@ -293,6 +304,17 @@ CREATE TABLE abs_legs (
     PRIMARY KEY (transfer_id, ord)
 );
 CREATE INDEX abs_legs_account ON abs_legs (account_id);
+"#;
+
+/// The reference ABS's card numbers (both backends), never in clear: an HMAC-SHA256 of the
+/// full PAN under the ABS's own key (`secrets`), so registration by card number can be checked
+/// without storing a PAN.
+const CARD_PANS_V4: &str = r#"
+CREATE TABLE abs_card_pans (
+    pan_hash TEXT PRIMARY KEY,
+    card_id TEXT NOT NULL REFERENCES abs_products (id),
+    customer_id TEXT NOT NULL REFERENCES abs_customers (id)
+);
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

@@ -179,6 +179,19 @@ impl kernel::store::AuthStore for Backend {
             .await
     }
 
+    async fn change_phone(
+        &self,
+        customer: &kernel::CustomerId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let (customer, old, new) = (customer.as_str().to_owned(), old.to_owned(), new.to_owned());
+        self.write(move |c| {
+            Box::pin(async move { queries::change_phone(c, &customer, &old, &new).await })
+        })
+        .await
+    }
+
     async fn set_password(
         &self,
         login: &str,
@@ -343,6 +356,31 @@ impl kernel::store::AbsStore for Backend {
     ) -> Result<Option<kernel::store::AbsCustomer>, kernel::store::StoreError> {
         let id = id.as_str().to_owned();
         self.read(move |c| Box::pin(async move { queries::abs_customer(c, &id).await }))
+            .await
+    }
+
+    async fn abs_set_card_pans(
+        &self,
+        cards: &[(String, kernel::CustomerId, String)],
+    ) -> Result<(), kernel::store::StoreError> {
+        let cards = cards.to_vec();
+        self.write(move |c| {
+            Box::pin(async move {
+                for (card, customer, hash) in &cards {
+                    queries::abs_set_card_pan(c, card, customer.as_str(), hash).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn abs_customer_by_card(
+        &self,
+        pan_hash: &str,
+    ) -> Result<Option<kernel::store::AbsCustomer>, kernel::store::StoreError> {
+        let hash = pan_hash.to_owned();
+        self.read(move |c| Box::pin(async move { queries::abs_customer_by_card(c, &hash).await }))
             .await
     }
 

@@ -123,6 +123,8 @@ conformance!(
     abs_transfer_replay_and_conflict,
     abs_transfer_concurrent_double_spend_one_wins,
     abs_transfer_random_sequences_sum_to_zero,
+    abs_card_pans_find_their_customer,
+    phone_change_moves_phone_and_login_once,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -1433,4 +1435,66 @@ fn futures_are_send(dir: &std::path::Path) {
     send(store::open(None, dir));
     send(store::SqliteStore::open(dir));
     send(store::PgStore::connect(""));
+}
+
+async fn abs_card_pans_find_their_customer(store: Arc<dyn Store>) {
+    let customer = abs_customer("c1", "+79990000001");
+    store
+        .abs_seed(&customer, &[product("c1", "card1", "card", 0)])
+        .await
+        .unwrap();
+    let cards = vec![("card1".to_owned(), cid("c1"), "hash-1".to_owned())];
+    store.abs_set_card_pans(&cards).await.unwrap();
+    // Idempotent.
+    store.abs_set_card_pans(&cards).await.unwrap();
+    assert_eq!(
+        store.abs_customer_by_card("hash-1").await.unwrap(),
+        Some(customer)
+    );
+    assert_eq!(store.abs_customer_by_card("hash-2").await.unwrap(), None);
+}
+
+async fn phone_change_moves_phone_and_login_once(store: Arc<dyn Store>) {
+    for (id, phone) in [("c1", "+79990000001"), ("c2", "+79990000002")] {
+        store.abs_seed(&abs_customer(id, phone), &[]).await.unwrap();
+        store
+            .insert_credential(&Credential {
+                login: phone.into(),
+                customer_id: cid(id),
+                password_hash: "h".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // Another customer's phone is refused and nothing changes.
+    assert!(
+        !store
+            .change_phone(&cid("c1"), "+79990000001", "+79990000002")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .change_phone(&cid("c1"), "+79990000001", "+79991112233")
+            .await
+            .unwrap()
+    );
+    let moved = store.abs_customer(&cid("c1")).await.unwrap().unwrap();
+    assert_eq!(moved.phone, "+79991112233");
+    assert_eq!(store.credential("+79990000001").await.unwrap(), None);
+    assert_eq!(
+        store
+            .credential("+79991112233")
+            .await
+            .unwrap()
+            .map(|c| c.customer_id),
+        Some(cid("c1"))
+    );
+    // The old phone is no longer the customer's: a stale request finds nothing to move.
+    assert!(matches!(
+        store
+            .change_phone(&cid("c1"), "+79990000001", "+79994445566")
+            .await,
+        Err(kernel::store::StoreError::NotFound)
+    ));
 }

@@ -23,6 +23,8 @@ pub enum Purpose {
     Register,
     Login,
     StepUp,
+    /// A new phone number, confirmed by a code sent to it.
+    PhoneChange,
 }
 
 impl Purpose {
@@ -31,6 +33,7 @@ impl Purpose {
             Purpose::Register => "register",
             Purpose::Login => "login",
             Purpose::StepUp => "step_up",
+            Purpose::PhoneChange => "phone_change",
         }
     }
 }

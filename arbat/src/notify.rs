@@ -105,6 +105,26 @@ impl Prepared {
     }
 }
 
+/// Presence over the bus: a node holding a socket of the customer answers
+/// `presence.<customer>`; no answer in time means offline (the push goes out as usual).
+pub struct BusPresence {
+    pub bus: Arc<dyn kernel::bus::Bus>,
+}
+
+/// Presence is a hint: waiting longer than this would delay the notification itself.
+const PRESENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[async_trait::async_trait]
+impl notifier::Presence for BusPresence {
+    async fn online(&self, customer: &kernel::CustomerId) -> bool {
+        let subject = kernel::bus::subjects::presence(customer);
+        self.bus
+            .request(&subject, bytes::Bytes::new(), PRESENCE_TIMEOUT)
+            .await
+            .is_ok()
+    }
+}
+
 /// Delivery outcomes become `notification` events in the customer's feed, through the same
 /// durable path as any Cache Control change (so they are deduplicated and ordered too).
 struct FeedSink {

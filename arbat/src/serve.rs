@@ -106,6 +106,9 @@ pub async fn run(
     };
 
     let notifier = notify.start(sink.clone());
+    notifier
+        .notifier
+        .set_presence(Arc::new(crate::notify::BusPresence { bus: bus.clone() }));
 
     // The reference ABS answers on the bus from every node (a queue group).
     let abs = abs::Abs::new(store.clone(), sink.clone());

@@ -106,9 +106,19 @@ impl Hub {
             .get_or_init(|| async {
                 let subject = subjects::push(customer);
                 let subscription = self.inner.bus.subscribe(&subject).await?;
+                let presence = self
+                    .inner
+                    .bus
+                    .subscribe(&subjects::presence(customer))
+                    .await?;
                 self.inner.bus.flush().await?;
                 let weak = Arc::downgrade(&topic);
-                let task = tokio::spawn(fan_out(subscription, weak));
+                let task = tokio::spawn(fan_out(
+                    subscription,
+                    presence,
+                    self.inner.bus.clone(),
+                    weak,
+                ));
                 if let Ok(mut slot) = topic.task.lock() {
                     *slot = Some(task);
                 }
@@ -136,13 +146,28 @@ impl Hub {
     }
 }
 
-async fn fan_out(mut subscription: kernel::bus::Subscription, topic: std::sync::Weak<Topic>) {
-    while let Some(message) = subscription.next().await {
-        let Some(topic) = topic.upgrade() else { return };
-        let Ok(mut members) = topic.members.lock() else {
-            return;
-        };
-        // A full queue means the socket fell behind: drop its sender so it sheds itself.
-        members.retain(|(_, tx)| tx.try_send(message.payload.clone()).is_ok());
+async fn fan_out(
+    mut subscription: kernel::bus::Subscription,
+    mut presence: kernel::bus::Subscription,
+    bus: Arc<dyn Bus>,
+    topic: std::sync::Weak<Topic>,
+) {
+    loop {
+        tokio::select! {
+            message = subscription.next() => {
+                let Some(message) = message else { return };
+                let Some(topic) = topic.upgrade() else { return };
+                let Ok(mut members) = topic.members.lock() else { return };
+                // A full queue means the socket fell behind: drop its sender so it sheds itself.
+                members.retain(|(_, tx)| tx.try_send(message.payload.clone()).is_ok());
+            }
+            // The customer has a live socket here: say so (the notifier asks before a push).
+            request = presence.next() => {
+                let Some(request) = request else { return };
+                if let Some(reply) = request.reply {
+                    let _ = bus.publish(&reply, Bytes::from_static(b"1")).await;
+                }
+            }
+        }
     }
 }

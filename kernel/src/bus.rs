@@ -81,6 +81,10 @@ pub mod subjects {
     pub fn push(customer: &CustomerId) -> String {
         format!("push.{customer}")
     }
+    /// Presence of one customer: every node holding a socket of theirs answers a request.
+    pub fn presence(customer: &CustomerId) -> String {
+        format!("presence.{customer}")
+    }
     /// Control messages for one customer's sockets (logout, revoke).
     pub fn control(customer: &CustomerId) -> String {
         format!("ctl.{customer}")

@@ -61,4 +61,4 @@ pub use queue::{
 };
 pub use store::{MemoryStore, NotifStoreError, NotifierStore, Prefetched, SendState, SqlStore};
 pub use templates::Templates;
-pub use worker::{Notifier, Providers, RateLimit, WorkerHandle, WorkerOptions};
+pub use worker::{Notifier, Presence, Providers, RateLimit, WorkerHandle, WorkerOptions};

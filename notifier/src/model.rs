@@ -314,6 +314,10 @@ pub struct KindRule {
     /// When push reaches no device, send an SMS instead.
     #[serde(default)]
     pub fallback_sms: bool,
+    /// While the customer's app holds a live WebSocket, the in-app event replaces the push
+    /// (and its SMS fallback): the customer is looking at the app already.
+    #[serde(default)]
+    pub in_app_when_online: bool,
 }
 
 /// A customer's notification preferences (`GET/PUT /v1/notification-preferences`).
@@ -366,6 +370,7 @@ impl Preferences {
         KindRule {
             channels,
             fallback_sms,
+            in_app_when_online: false,
         }
     }
 

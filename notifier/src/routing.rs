@@ -43,12 +43,23 @@ pub enum Decision {
     Defer { until: OffsetDateTime },
 }
 
-/// Plans a request for a customer.
+/// Plans a request for a customer who is not known to be online.
 pub fn plan(
     request: &NotificationRequest,
     prefs: &Preferences,
     devices: &[Device],
     now: OffsetDateTime,
+) -> Decision {
+    plan_with_presence(request, prefs, devices, now, false)
+}
+
+/// Plans a request; `online` says the customer's app holds a live WebSocket right now.
+pub fn plan_with_presence(
+    request: &NotificationRequest,
+    prefs: &Preferences,
+    devices: &[Device],
+    now: OffsetDateTime,
+    online: bool,
 ) -> Decision {
     let rule = prefs.rule(request.kind);
     let phone = request.phone.clone().or_else(|| prefs.phone.clone());
@@ -84,6 +95,14 @@ pub fn plan(
             None
         };
         match channel {
+            Channel::Push if online && rule.in_app_when_online => {
+                if !planned(&steps, Channel::InApp) {
+                    steps.push(Step {
+                        target: Target::InApp,
+                        fallback: None,
+                    });
+                }
+            }
             Channel::Push if devices.is_empty() => match fallback {
                 Some(sms) => steps.push(Step {
                     target: sms,
@@ -222,8 +241,30 @@ mod tests {
             KindRule {
                 channels: vec![Channel::Push, Channel::Email, Channel::Sms],
                 fallback_sms: true,
+                in_app_when_online: false,
             },
         );
+        // Online with the rule: the in-app event replaces push and its SMS fallback.
+        let mut online_rule = prefs();
+        online_rule.kinds.insert(
+            Kind::Transaction,
+            KindRule {
+                channels: vec![Channel::Push],
+                fallback_sms: true,
+                in_app_when_online: true,
+            },
+        );
+        let online = |is_online| {
+            channels(&plan_with_presence(
+                &request(Kind::Transaction),
+                &online_rule,
+                &[device()],
+                noon,
+                is_online,
+            ))
+        };
+        assert_eq!(online(true), vec![(Channel::InApp, None)]);
+        assert_eq!(online(false), vec![(Channel::Push, Some(Channel::Sms))]);
         // SMS is already the push fallback: not planned twice.
         assert_eq!(
             channels(&plan(

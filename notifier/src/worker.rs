@@ -115,6 +115,8 @@ pub struct Notifier {
     /// it was still being handled (a long Retry-After, a slow provider) may be claimed again;
     /// such a second copy is left alone (not settled) instead of being sent a second time.
     in_flight: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Whether a customer's app holds a live WebSocket (set by the node; none: never online).
+    presence: std::sync::OnceLock<Arc<dyn Presence>>,
 }
 
 /// Marks a request id in flight until dropped (also when the task is aborted).
@@ -200,8 +202,15 @@ impl Notifier {
             options,
             guards,
             extra_guards: Mutex::new(HashMap::new()),
+            presence: std::sync::OnceLock::new(),
             in_flight: Arc::default(),
         })
+    }
+
+    /// Lets routing replace a push by the in-app event while the customer is online (rules
+    /// with `in_app_when_online`). Set once; later calls are ignored.
+    pub fn set_presence(&self, presence: Arc<dyn Presence>) {
+        let _ = self.presence.set(presence);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -459,13 +468,21 @@ impl Notifier {
         };
         let prefs: &Preferences = &prefs;
         let now = OffsetDateTime::now_utc();
-        let (steps, skipped) = match routing::plan(request, prefs, &devices, now) {
-            Decision::Defer { until } => {
-                let wait = (until - now).try_into().unwrap_or(Duration::from_secs(60));
-                return Verdict::Defer(wait);
+        // Ask for presence only when the customer's rule can use it: it costs a bus round trip.
+        let online = match self.presence.get() {
+            Some(presence) if prefs.rule(request.kind).in_app_when_online => {
+                presence.online(&request.customer_id).await
             }
-            Decision::Send { steps, skipped } => (steps, skipped),
+            _ => false,
         };
+        let (steps, skipped) =
+            match routing::plan_with_presence(request, prefs, &devices, now, online) {
+                Decision::Defer { until } => {
+                    let wait = (until - now).try_into().unwrap_or(Duration::from_secs(60));
+                    return Verdict::Defer(wait);
+                }
+                Decision::Send { steps, skipped } => (steps, skipped),
+            };
         let language = request.language.or(prefs.language);
         let mut renders: HashMap<Language, Rendered> = HashMap::new();
         let main = match self.render(request, prefs, language, &mut renders) {
@@ -951,4 +968,10 @@ impl WorkerHandle {
             task.abort();
         }
     }
+}
+
+/// Tells whether a customer's app holds a live WebSocket on any node.
+#[async_trait::async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn online(&self, customer: &kernel::CustomerId) -> bool;
 }

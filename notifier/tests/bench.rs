@@ -281,6 +281,7 @@ fn customer_and_request(chan: Chan, i: usize, tag: &str) -> (CustomerId, Prefere
             notifier::model::KindRule {
                 channels: vec![channel],
                 fallback_sms: false,
+                in_app_when_online: false,
             },
         )]
         .into(),

@@ -649,3 +649,64 @@ async fn notifications_reach_the_sms_gateway_in_the_customers_language() {
     );
     assert_eq!(delete(token).await, 204);
 }
+
+#[tokio::test]
+async fn a_live_socket_turns_the_push_into_an_in_app_event_where_preferences_say_so() {
+    let gateway = tests::SmsGateway::start().await.unwrap();
+    let dir = tempdir::TempDir::new();
+    let mut spec = NodeSpec::embedded(&dir.0);
+    spec.env.push(("ARBAT_SMS_URL".into(), gateway.url.clone()));
+    let node = ArbatProcess::start(spec).await.unwrap();
+    let client = node.client();
+    let token = client.login(17).await.unwrap();
+    let rule = json!({"kinds": {"transaction": {"channels": ["push"], "fallback_sms": true, "in_app_when_online": true}}});
+    let response = client
+        .http
+        .put(format!("{}/v1/notification-preferences", client.base))
+        .bearer_auth(&token)
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // Online: the in-app event replaces the push and its SMS fallback.
+    let mut socket = Socket::connect(&node.ws_url(), &token).await.unwrap();
+    socket.subscribe(None).await.unwrap();
+    assert!(matches!(
+        socket.next(WAIT).await.unwrap(),
+        Frame::Live { .. }
+    ));
+    client
+        .abs_post("online-1", &account(17), "-3.00")
+        .await
+        .unwrap();
+    socket.business_events(2, WAIT).await.unwrap();
+    match socket.next(WAIT).await.unwrap() {
+        Frame::Event { event, .. } => {
+            assert_eq!(event["kind"], "notification");
+            assert_eq!(event["channel"], "in_app");
+            assert_eq!(event["status"], "accepted");
+        }
+        other => panic!("expected the in-app outcome, got {other:?}"),
+    }
+    assert!(
+        gateway.messages().is_empty(),
+        "no SMS while the app is open"
+    );
+    socket.close().await;
+
+    // Offline: push has no device, so the SMS fallback goes out.
+    client
+        .abs_post("offline-1", &account(17), "-4.00")
+        .await
+        .unwrap();
+    tests::eventually("the SMS fallback reaches the gateway", WAIT, || async {
+        gateway
+            .messages()
+            .iter()
+            .any(|m| m["to"] == "+79990000017")
+            .then_some(())
+    })
+    .await;
+}

@@ -71,13 +71,8 @@ pub(crate) async fn create(
     let key = idempotency_key(&headers)?;
     let value = parse_body(&body)?;
     let hash = body_hash(&value);
-    let request: AutopaymentBody = serde_json::from_value(value).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            e.to_string(),
-        )
-    })?;
+    let request: AutopaymentBody =
+        serde_json::from_value(value).map_err(crate::templates::unprocessable)?;
     let name = request.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 64 {
         return Err(invalid_field("name", "must be 1 to 64 characters"));

@@ -1085,20 +1085,18 @@ pub(crate) struct PasswordChange {
     end_other_sessions: bool,
 }
 
-/// Re-authentication by the current password; the customer is notified; other sessions
-/// end when asked, and the answer says how many there are so the app can offer it.
-pub(crate) async fn change_password(
-    State(gateway): State<Arc<Gateway>>,
-    Customer(claims): Customer,
-    ClientIp(ip): ClientIp,
-    _headers: HeaderMap,
-    request: JsonBody<PasswordChange>,
-) -> Result<Json<Value>, Problem> {
-    let request = body(request)?;
-    let customer = claims.sub.clone();
+/// Re-authentication by the current password before a sensitive change: counts a failure
+/// toward the login's lockout and audits it as `action`. Returns the phone on file (the login).
+async fn reauthenticate(
+    gateway: &Gateway,
+    customer: &CustomerId,
+    current_password: String,
+    ip: &str,
+    action: &str,
+) -> Result<String, Problem> {
     let phone = gateway
         .store
-        .abs_customer(&customer)
+        .abs_customer(customer)
         .await
         .map_err(unavailable)?
         .map(|c| c.phone)
@@ -1110,10 +1108,10 @@ pub(crate) async fn change_password(
         .credential(&phone)
         .await
         .map_err(unavailable)?
-        .filter(|c| c.customer_id == customer)
+        .filter(|c| &c.customer_id == customer)
         .ok_or_else(invalid_credentials)?;
-    let (hash, current) = (credential.password_hash.clone(), request.current_password);
-    let verified = crate::auth::argon2_blocking(move || verify_password(&hash, &current))
+    let hash = credential.password_hash;
+    let verified = crate::auth::argon2_blocking(move || verify_password(&hash, &current_password))
         .await
         .unwrap_or(false);
     if !verified {
@@ -1123,10 +1121,32 @@ pub(crate) async fn change_password(
             .await
             .map_err(unavailable)?;
         gateway
-            .audit("password_change", customer.as_str(), "", &ip, false)
+            .audit(action, customer.as_str(), "", ip, false)
             .await;
         return Err(invalid_credentials());
     }
+    Ok(phone)
+}
+
+/// Re-authentication by the current password; the customer is notified; other sessions
+/// end when asked, and the answer says how many there are so the app can offer it.
+pub(crate) async fn change_password(
+    State(gateway): State<Arc<Gateway>>,
+    Customer(claims): Customer,
+    ClientIp(ip): ClientIp,
+    _headers: HeaderMap,
+    request: JsonBody<PasswordChange>,
+) -> Result<Json<Value>, Problem> {
+    let request = body(request)?;
+    let customer = claims.sub.clone();
+    let phone = reauthenticate(
+        &gateway,
+        &customer,
+        request.current_password,
+        &ip,
+        "password_change",
+    )
+    .await?;
     if let Err(reason) = policy::check_password(&request.new_password, &phone) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1192,37 +1212,14 @@ pub(crate) async fn change_phone(
         return Err(Problem::bad_request("new_phone must be +<country><number>"));
     }
     let customer = claims.sub.clone();
-    let phone = gateway
-        .store
-        .abs_customer(&customer)
-        .await
-        .map_err(unavailable)?
-        .map(|c| c.phone)
-        .ok_or_else(invalid_credentials)?;
-    let key = format!("login:{phone}");
-    gateway.lock_check(std::slice::from_ref(&key)).await?;
-    let credential = gateway
-        .store
-        .credential(&phone)
-        .await
-        .map_err(unavailable)?
-        .filter(|c| c.customer_id == customer)
-        .ok_or_else(invalid_credentials)?;
-    let (hash, current) = (credential.password_hash.clone(), request.current_password);
-    let verified = crate::auth::argon2_blocking(move || verify_password(&hash, &current))
-        .await
-        .unwrap_or(false);
-    if !verified {
-        gateway
-            .store
-            .record_failure(&key, gateway.config.login_lockout, kernel::now())
-            .await
-            .map_err(unavailable)?;
-        gateway
-            .audit("phone_change", customer.as_str(), "", &ip, false)
-            .await;
-        return Err(invalid_credentials());
-    }
+    let phone = reauthenticate(
+        &gateway,
+        &customer,
+        request.current_password,
+        &ip,
+        "phone_change",
+    )
+    .await?;
     if request.new_phone == phone {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -42,7 +42,8 @@ struct TemplateBody {
     fields: Map<String, Value>,
 }
 
-fn unprocessable(e: serde_json::Error) -> Problem {
+/// A body that parses as JSON but not as the request: 422 `invalid_field`.
+pub(crate) fn unprocessable(e: serde_json::Error) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",

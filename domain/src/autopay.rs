@@ -173,28 +173,24 @@ impl CustomerState {
 
     /// The `autopayment_saved` event.
     pub fn autopayment_saved(autopayment: &Autopayment, at: OffsetDateTime) -> EventDraft {
-        let mut data = Map::new();
-        data.insert("autopayment".into(), json!(autopayment));
-        EventDraft {
-            id: format!("{}-saved", autopayment.id),
-            kind: "autopayment_saved",
+        EventDraft::single(
+            format!("{}-saved", autopayment.id),
+            "autopayment_saved",
             at,
-            data,
-            notify: None,
-        }
+            "autopayment",
+            json!(autopayment),
+        )
     }
 
     /// The `autopayment_deleted` event.
     pub fn autopayment_deleted(id: &str, at: OffsetDateTime) -> EventDraft {
-        let mut data = Map::new();
-        data.insert("autopayment_id".into(), json!(id));
-        EventDraft {
-            id: format!("{id}-deleted"),
-            kind: "autopayment_deleted",
+        EventDraft::single(
+            format!("{id}-deleted"),
+            "autopayment_deleted",
             at,
-            data,
-            notify: None,
-        }
+            "autopayment_id",
+            json!(id),
+        )
     }
 
     /// Folds `autopayment_saved` / `autopayment_deleted`.

@@ -122,6 +122,26 @@ pub struct NotifyDraft {
 }
 
 impl EventDraft {
+    /// An event with one data field and no notification (the saved/deleted records of
+    /// templates and autopayments).
+    pub fn single(
+        id: String,
+        kind: &'static str,
+        at: time::OffsetDateTime,
+        key: &str,
+        value: Value,
+    ) -> Self {
+        let mut data = Map::new();
+        data.insert(key.into(), value);
+        Self {
+            id,
+            kind,
+            at,
+            data,
+            notify: None,
+        }
+    }
+
     pub fn into_event(self, seq: u64) -> FeedEvent {
         FeedEvent {
             seq,

@@ -99,28 +99,24 @@ impl CustomerState {
 
     /// The `template_saved` event.
     pub fn template_saved(template: &Template, at: OffsetDateTime) -> EventDraft {
-        let mut data = Map::new();
-        data.insert("template".into(), json!(template));
-        EventDraft {
-            id: format!("{}-saved", template.id),
-            kind: "template_saved",
+        EventDraft::single(
+            format!("{}-saved", template.id),
+            "template_saved",
             at,
-            data,
-            notify: None,
-        }
+            "template",
+            json!(template),
+        )
     }
 
     /// The `template_deleted` event.
     pub fn template_deleted(id: &str, at: OffsetDateTime) -> EventDraft {
-        let mut data = Map::new();
-        data.insert("template_id".into(), json!(id));
-        EventDraft {
-            id: format!("{id}-deleted"),
-            kind: "template_deleted",
+        EventDraft::single(
+            format!("{id}-deleted"),
+            "template_deleted",
             at,
-            data,
-            notify: None,
-        }
+            "template_id",
+            json!(id),
+        )
     }
 
     /// Folds `template_saved` / `template_deleted`.

@@ -162,6 +162,30 @@ impl Sink {
         self.on_event(text, shard);
     }
 
+    /// Accounts for one delivered change whose frame is the raw change body (nats-ws, nchan).
+    pub fn on_payload(&self, text: &str, shard: usize) {
+        self.on_event(text, shard);
+    }
+
+    /// A socket that has no `live` frame in its protocol counts as live once subscribed.
+    pub fn mark_live(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Notes a socket lost while the bench still wanted it.
+    pub fn note_lost(&self, reason: String) {
+        self.note_close(reason);
+    }
+
+    /// The latency window of a phase, `(start, end)` in clock ns (`(0, 0)` before it is set).
+    pub fn window(&self, phase: usize) -> (u64, u64) {
+        let stats = &self.phases[phase];
+        (
+            stats.window_start.load(Ordering::Acquire),
+            stats.window_end.load(Ordering::Acquire),
+        )
+    }
+
     fn on_event(&self, text: &str, shard: usize) {
         let now = self.clock.now_ns();
         self.frames.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +255,17 @@ pub async fn connect(
     token: &str,
     source: Option<IpAddr>,
 ) -> anyhow::Result<Ws> {
-    let socket = if endpoint.addr.is_ipv4() {
+    connect_url(endpoint.addr, &endpoint.url, Some(token), source).await
+}
+
+/// Opens a WebSocket to `url` at `addr`, with a bearer token when given.
+pub async fn connect_url(
+    addr: SocketAddr,
+    url: &str,
+    bearer: Option<&str>,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Ws> {
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
@@ -241,15 +275,17 @@ pub async fn connect(
             .bind(SocketAddr::new(source, 0))
             .with_context(|| format!("binding {source}"))?;
     }
-    let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(endpoint.addr))
+    let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
         .await
         .context("TCP connect timed out")??;
     stream.set_nodelay(true)?;
-    let mut request = endpoint.url.as_str().into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}"))?,
-    );
+    let mut request = url.into_client_request()?;
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::client_async_with_config(request, stream, Some(client_config())),

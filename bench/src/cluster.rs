@@ -119,7 +119,7 @@ impl Drop for ChildProcess {
 }
 
 /// Drops terminal colour sequences (`ESC [ … m`) from log text.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -192,35 +192,15 @@ impl SelfHosted {
             .context("creating a PostgreSQL database (ARBAT_TEST_PG)")?;
         let port = testkit::free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut command = Command::new(arbat_bin);
-        command
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--nats", &nats.url(), "--database-url", &pg.url])
-            .args([
-                "--backoffice-key",
-                BACKOFFICE_KEY,
-                "--node-id",
-                "bench-node",
-                "--demo",
-            ])
-            .args(["--partitions", &partitions.to_string()])
-            .args([
-                "--max-connections",
-                "10000000",
-                "--access-token-ttl-s",
-                "86400",
-                // The load comes from one machine: per-IP and per-customer limits would
-                // measure the limiter, not the live path.
-                "--rate-limit-ip",
-                "0",
-                "--rate-limit-customer",
-                "0",
-            ])
-            // A clustered node wants an SMS gateway; nothing here registers, so a dead one does.
-            .env("ARBAT_SMS_URL", "http://127.0.0.1:9/sms");
+        let command = node_command(
+            arbat_bin,
+            port,
+            &dir.path().join("data"),
+            &nats.url(),
+            &pg.url,
+            "bench-node",
+            partitions,
+        );
         let node = ChildProcess::spawn("arbat serve", command, dir.path().join("node.log"))?;
         let mut hosted = Self {
             node,
@@ -262,6 +242,48 @@ impl SelfHosted {
             self.node.log_tail(40)
         )
     }
+}
+
+/// `arbat serve` in cluster mode with `--demo`, limits off for a load from one machine.
+pub fn node_command(
+    arbat_bin: &Path,
+    port: u16,
+    data_dir: &Path,
+    nats_url: &str,
+    database_url: &str,
+    node_id: &str,
+    partitions: u32,
+) -> Command {
+    let mut command = Command::new(arbat_bin);
+    command
+        .arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--nats", nats_url, "--database-url", database_url])
+        .args([
+            "--backoffice-key",
+            BACKOFFICE_KEY,
+            "--node-id",
+            node_id,
+            "--demo",
+        ])
+        .args(["--partitions", &partitions.to_string()])
+        .args([
+            "--max-connections",
+            "10000000",
+            "--access-token-ttl-s",
+            "86400",
+            // The load comes from one machine: per-IP and per-customer limits would
+            // measure the limiter, not the live path.
+            "--rate-limit-ip",
+            "0",
+            "--rate-limit-customer",
+            "0",
+        ])
+        // A clustered node wants an SMS gateway; nothing here registers, so a dead one does.
+        .env("ARBAT_SMS_URL", "http://127.0.0.1:9/sms");
+    command
 }
 
 /// The baseline relay as its own process (`arbat bench relay`) with its own nats-server.

@@ -27,29 +27,37 @@
 //! change id. Every phase is drained and checked: frames delivered vs frames expected.
 //! Idle density: M idle authenticated subscribed sockets; server VmRSS before and after.
 
+pub mod activation;
 pub mod auth;
 pub mod clients;
 pub mod cluster;
+pub mod idle;
+pub mod nodes;
+pub mod peers;
+pub mod progress;
 pub mod publisher;
 pub mod relay;
 pub mod report;
+pub mod scale;
+pub mod sockets;
+pub mod svg;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::clients::{Clock, Customer, Endpoint, Sink};
 use crate::cluster::{RelayProcess, SelfHosted};
+use crate::idle::{IdleSettings, idle_density};
+use crate::peers::{NatsWsPeer, NchanPeer, Peer};
 use crate::publisher::{Mode, PhasePlan, Publisher, Via};
 pub use crate::report::Report;
-use crate::report::{IdleResult, Scenario};
+use crate::report::Scenario;
+use crate::sockets::{ConnectSettings, Wire, close_all, open_sockets_with, wait_live};
 
 /// `arbat bench …`
 #[derive(Clone, Debug, clap::Args)]
@@ -66,6 +74,15 @@ pub enum BenchCommand {
     /// Logins/s (argon2id), token verifications/s per core and the latency the gateway adds
     /// to a warm read, each beside a baseline, against a self-hosted embedded node.
     Auth(auth::AuthArgs),
+    /// Server memory per idle authenticated socket (a ramp to N) and heartbeat CPU, beside
+    /// the bare relay.
+    Idle(idle::IdleArgs),
+    /// Cold activations/s (snapshot + journal) and memory per resident actor, after a
+    /// restart of a self-hosted node.
+    Activation(activation::ActivationArgs),
+    /// The live path with 1, 2 and 4 self-hosted nodes, each with an equal CPU quota:
+    /// throughput per node, scaling efficiency, CPU and bus messages per event.
+    Scale(scale::ScaleArgs),
     /// The baseline relay alone (started by `bench live`; useful by hand).
     #[command(hide = true)]
     Relay(relay::RelayArgs),
@@ -144,7 +161,17 @@ pub struct LiveArgs {
     /// Skip the baseline (no ratios).
     #[arg(long)]
     pub no_baseline: bool,
-    /// Folder for bench-live.md and bench-live.json.
+    /// Peers driven by the same clients and publisher rate, besides the relay: nats-server's
+    /// own WebSocket listener and nginx + nchan (skipped with a note when not installed).
+    #[arg(long, value_delimiter = ',', default_value = "nats-ws,nchan")]
+    pub peers: Vec<peers::Peer>,
+    /// The nginx binary for the nchan peer.
+    #[arg(long, default_value = "nginx")]
+    pub nginx: PathBuf,
+    /// Print a progress line on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Folder for bench-live.md, bench-live.json and the plots.
     #[arg(long, default_value = "target/bench-results")]
     pub out: PathBuf,
 }
@@ -188,6 +215,11 @@ impl LiveArgs {
         if self.no_baseline {
             c.push_str(" --no-baseline");
         }
+        let peers: Vec<&str> = self.peers.iter().map(|p| p.name()).collect();
+        c.push_str(&format!(" --peers '{}'", peers.join(",")));
+        if self.nginx != std::path::Path::new("nginx") {
+            c.push_str(&format!(" --nginx {}", self.nginx.display()));
+        }
         c.push_str(&format!(" --out {}", self.out.display()));
         c
     }
@@ -201,6 +233,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             auth::run_auth(args).await?;
             Ok(Report::default())
         }
+        BenchCommand::Idle(args) => idle::run_idle(args).await,
+        BenchCommand::Activation(args) => {
+            activation::run_activation(args).await?;
+            Ok(Report::default())
+        }
+        BenchCommand::Scale(args) => {
+            scale::run_scale(args).await?;
+            Ok(Report::default())
+        }
         BenchCommand::Relay(relay) => {
             relay::serve(relay).await?;
             Ok(Report::default())
@@ -208,141 +249,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     }
 }
 
-/// Sockets opened in this run so far: each gets a fresh (source address, port) slot.
-static SOCKET_SLOTS: AtomicUsize = AtomicUsize::new(0);
+/// About the size of a `balance_changed` change body.
+const RAW_NATS_PAYLOAD_BYTES: usize = 256;
 
-struct Opened {
-    handles: Vec<JoinHandle<()>>,
-    /// Sockets open per token.
-    per_token: Vec<u64>,
-    failures: usize,
-    first_error: Option<String>,
-    took: Duration,
+/// The `arbat` binary to self-host: `--arbat-bin`, else this executable.
+pub fn arbat_bin(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.clone()),
+        None => std::env::current_exe().context("locating this executable (pass --arbat-bin)"),
+    }
 }
 
-/// Opens `count` sockets, the i-th with `tokens[i % len]`, each running a client.
-async fn open_sockets(
-    endpoint: &Endpoint,
-    tokens: &[String],
-    count: usize,
-    sink: &Arc<Sink>,
-    stop: &watch::Receiver<bool>,
-    args: &LiveArgs,
-) -> Opened {
-    let started = Instant::now();
-    let mut opened = Opened {
-        handles: Vec::with_capacity(count),
-        per_token: vec![0; tokens.len()],
-        failures: 0,
-        first_error: None,
-        took: Duration::ZERO,
-    };
-    let mut attempts = futures::stream::iter(0..count)
-        .map(|i| {
-            let slot = SOCKET_SLOTS.fetch_add(1, Ordering::Relaxed);
-            let source = clients::source_for(&endpoint.addr, slot, args.per_source);
-            let token = &tokens[i % tokens.len()];
-            async move { (i, clients::connect(endpoint, token, source).await) }
-        })
-        .buffer_unordered(args.connect_concurrency.max(1));
-    while let Some((i, result)) = attempts.next().await {
-        match result {
-            Ok(ws) => {
-                opened.per_token[i % tokens.len()] += 1;
-                opened.handles.push(tokio::spawn(clients::run_client(
-                    ws,
-                    sink.clone(),
-                    i,
-                    stop.clone(),
-                )));
-            }
-            Err(error) => {
-                opened.failures += 1;
-                opened
-                    .first_error
-                    .get_or_insert_with(|| format!("{error:#}"));
-            }
+/// Logins `<prefix><n, 7 digits>` for n in `first..first + count` (at least one).
+pub fn demo_logins(prefix: &str, first: u32, count: u32) -> Vec<String> {
+    (first..first + count.max(1))
+        .map(|n| format!("{prefix}{n:07}"))
+        .collect()
+}
+
+impl LiveArgs {
+    fn connect(&self) -> ConnectSettings {
+        ConnectSettings {
+            per_source: self.per_source,
+            concurrency: self.connect_concurrency,
         }
     }
-    opened.took = started.elapsed();
-    opened
-}
 
-/// Waits until `want` sockets got their `live` frame (bounded).
-async fn wait_live(sink: &Sink, want: u64, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while sink.live.load(Ordering::Acquire) < want {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {want} sockets were live within {limit:?} (closes: {:?})",
-                sink.live.load(Ordering::Acquire),
-                sink.close_reasons()
-            );
+    fn idle(&self) -> IdleSettings {
+        IdleSettings {
+            sockets: self.idle_sockets,
+            steps: 1,
+            hold_s: self.idle_hold,
+            connect: self.connect(),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
-}
-
-async fn close_all(stop: watch::Sender<bool>, handles: Vec<JoinHandle<()>>) {
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(handles)).await;
-}
-
-/// Idle density against one server process.
-async fn idle_density(
-    target: &str,
-    endpoint: &Endpoint,
-    tokens: &[String],
-    pid: u32,
-    clock: Clock,
-    args: &LiveArgs,
-) -> anyhow::Result<IdleResult> {
-    tracing::info!(target, sockets = args.idle_sockets, "idle density");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = cluster::rss_kib(pid)?;
-    let sink = Sink::new(clock);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let opened = open_sockets(endpoint, tokens, args.idle_sockets, &sink, &stop_rx, args).await;
-    let open = opened.handles.len();
-    let live = wait_live(&sink, open as u64, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after = cluster::rss_kib(pid)?;
-    let hold = Duration::from_secs_f64(args.idle_hold.max(0.0));
-    let cpu_before = cluster::cpu_ticks(pid)?;
-    let held = Instant::now();
-    tokio::time::sleep(hold).await;
-    let cpu_after = cluster::cpu_ticks(pid)?;
-    let held_s = held.elapsed().as_secs_f64();
-    let still_open = open.saturating_sub(sink.closed.load(Ordering::Acquire) as usize);
-    close_all(stop_tx, opened.handles).await;
-    let mut result = IdleResult {
-        target: target.to_owned(),
-        sockets_requested: args.idle_sockets,
-        sockets_open: still_open,
-        connect_failures: opened.failures,
-        connect_s: opened.took.as_secs_f64(),
-        rss_before_kib: rss_before,
-        rss_after_kib: rss_after,
-        kib_per_socket: if still_open > 0 {
-            rss_after.saturating_sub(rss_before) as f64 / still_open as f64
-        } else {
-            0.0
-        },
-        idle_cpu_percent: if held_s > 0.0 {
-            (cpu_after.saturating_sub(cpu_before)) as f64 / cluster::TICKS_PER_S / held_s * 100.0
-        } else {
-            0.0
-        },
-        idle_hold_s: held_s,
-        first_error: opened.first_error,
-    };
-    if let Err(error) = live {
-        result.first_error.get_or_insert(format!("{error:#}"));
-    }
-    // Let the server settle after the mass close before anything else is measured.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(result)
 }
 
 /// The live phases (max, then rate) against one target; returns its scenarios.
@@ -354,6 +294,7 @@ async fn live_target(
     customers: &[Customer],
     tokens: &[String],
     via: Via,
+    wire: Wire,
     run_tag: &str,
     first_phase: usize,
     rate: Option<f64>,
@@ -363,7 +304,16 @@ async fn live_target(
     tracing::info!(target, sockets = args.sockets, "live path");
     let sink = Sink::new(clock);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let opened = open_sockets(endpoint, tokens, args.sockets, &sink, &stop_rx, args).await;
+    let opened = open_sockets_with(
+        wire,
+        endpoint,
+        tokens,
+        args.sockets,
+        &sink,
+        &stop_rx,
+        args.connect(),
+    )
+    .await;
     if opened.handles.is_empty() {
         bail!(
             "{target}: no socket opened: {}",
@@ -419,7 +369,21 @@ async fn live_target(
             measure,
         };
         tracing::info!(target, ?mode, "phase");
+        let sampler = progress::Sampler::start(
+            sink.clone(),
+            phase,
+            format!(
+                "{target} {}",
+                if matches!(mode, Mode::Max { .. }) {
+                    "max"
+                } else {
+                    "rate"
+                }
+            ),
+            progress::enabled(args.progress),
+        );
         let out = publisher.run_phase(&plan).await;
+        let timeline = sampler.finish().await;
         let delivered = publisher
             .drain(
                 phase,
@@ -456,9 +420,17 @@ async fn live_target(
             delivered_frames: delivered,
             sockets_closed: sink.closed.load(Ordering::Acquire) - closed_before,
             notes: Vec::new(),
+            timeline,
         };
         if let Some(reason) = out.stopped_early {
             scenario.notes.push(format!("stopped early: {reason}"));
+        }
+        if out.window_s < 0.5 * measure.as_secs_f64() {
+            scenario.notes.push(format!(
+                "the publisher was blocked for most of the window (measured {:.2} s of {:.2} s): publish acknowledgements stalled",
+                out.window_s,
+                measure.as_secs_f64()
+            ));
         }
         if let Some(error) = out.first_error {
             scenario
@@ -499,9 +471,14 @@ async fn live_target(
 }
 
 async fn relay_via(relay: &RelayProcess, how: BaselinePublish) -> anyhow::Result<Via> {
-    let client = async_nats::connect(&relay.nats_url)
+    baseline_via(&relay.nats_url, how).await
+}
+
+/// The baselines' publisher on their own NATS: JetStream (a stream like the node's) or core.
+async fn baseline_via(nats_url: &str, how: BaselinePublish) -> anyhow::Result<Via> {
+    let client = async_nats::connect(nats_url)
         .await
-        .context("connecting to the relay's NATS")?;
+        .context("connecting to the baseline's NATS")?;
     Ok(match how {
         BaselinePublish::Core => Via::Core(client),
         BaselinePublish::Jetstream => {
@@ -533,6 +510,7 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
         None => std::env::current_exe().context("locating this executable (pass --arbat-bin)")?,
     };
     let mut report = Report {
+        title: "Arbat live-path benchmark".into(),
         command: args.command_line(),
         started_at: started_at
             .format(&time::format_description::well_known::Rfc3339)
@@ -586,7 +564,15 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
     if args.idle_sockets > 0 {
         match node_pid {
             Some(pid) => report.idle.push(
-                idle_density("arbat", &node_endpoint, &node_tokens, pid, clock, &args).await?,
+                idle_density(
+                    "arbat",
+                    &node_endpoint,
+                    &node_tokens,
+                    pid,
+                    clock,
+                    args.idle(),
+                )
+                .await?,
             ),
             None => report.notes.push(
                 "idle density: the node runs elsewhere, its memory cannot be read; skipped".into(),
@@ -601,7 +587,7 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
                     &relay_tokens,
                     relay.process.pid(),
                     clock,
-                    &args,
+                    args.idle(),
                 )
                 .await?,
             );
@@ -620,6 +606,7 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
             &customers,
             &node_tokens,
             via,
+            Wire::Arbat,
             &run_tag,
             0,
             None,
@@ -638,6 +625,7 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
                 &customers,
                 &relay_tokens,
                 via,
+                Wire::Arbat,
                 &run_tag,
                 4,
                 rate,
@@ -647,8 +635,78 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
             .await?;
             report.scenarios.extend(baseline);
         }
-        report.compute_ratios();
+        let mut peers = args.peers.clone();
+        peers.dedup();
+        for peer in peers {
+            let scenarios = match peer {
+                Peer::None => continue,
+                Peer::NatsWs => {
+                    let server = NatsWsPeer::start().await?;
+                    let via = baseline_via(&server.nats.url(), args.baseline_publish).await?;
+                    live_target(
+                        "nats-ws",
+                        &server.endpoint(),
+                        &customers,
+                        &relay_tokens,
+                        via,
+                        Wire::NatsWs,
+                        &run_tag,
+                        2,
+                        rate,
+                        clock,
+                        &args,
+                    )
+                    .await?
+                }
+                Peer::Nchan => match NchanPeer::start(&args.nginx, args.sockets).await? {
+                    Ok(server) => {
+                        let via = Via::Http {
+                            client: reqwest::Client::new(),
+                            base: server.publish_base(),
+                        };
+                        live_target(
+                            "nchan",
+                            &server.endpoint(),
+                            &customers,
+                            &relay_tokens,
+                            via,
+                            Wire::Nchan,
+                            &run_tag,
+                            6,
+                            rate,
+                            clock,
+                            &args,
+                        )
+                        .await?
+                    }
+                    Err(reason) => {
+                        report.notes.push(format!("peer nchan skipped: {reason}"));
+                        continue;
+                    }
+                },
+            };
+            report.scenarios.extend(scenarios);
+        }
     }
+    // The raw NATS pub→sub rate on a server of its own, same payload size as a change.
+    if args.sockets > 0 && !args.no_baseline {
+        let raw_server = nodes::BenchNats::start(false).await?;
+        let raw = peers::raw_nats_rate(
+            &raw_server.url(),
+            RAW_NATS_PAYLOAD_BYTES,
+            Duration::from_secs_f64(args.duration.max(0.1)),
+        )
+        .await?;
+        report.baselines.push(report::BaselineFigure {
+            name: "raw NATS pub→sub".into(),
+            value: raw,
+            unit: "messages/s".into(),
+            note: format!(
+                "core NATS, one publisher and one subscriber connection, {RAW_NATS_PAYLOAD_BYTES}-byte payloads, bounded in flight"
+            ),
+        });
+    }
+    report.compute_ratios();
     if let Some(mut hosted) = hosted {
         hosted.node.check_running()?;
         let warnings = std::fs::read_to_string(&hosted.node.log)
@@ -671,16 +729,7 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
             BaselinePublish::Core => "core NATS publish (nothing stored)",
         }
     ));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("bench-live.md"), report.markdown())?;
-    std::fs::write(args.out.join("bench-live.json"), report.json())?;
-    println!("{}", report.table());
-    println!(
-        "report: {} and {}",
-        args.out.join("bench-live.md").display(),
-        args.out.join("bench-live.json").display()
-    );
+    report.write(&args.out, "bench-live")?;
     Ok(report)
 }
 

@@ -26,6 +26,12 @@ pub enum Via {
     JetStream(async_nats::jetstream::Context),
     /// Core NATS publish (no storage, no acknowledgement).
     Core(async_nats::Client),
+    /// HTTP POST of the body to `<base>/<customer id>` (nchan's publisher endpoint); the
+    /// response is the acknowledgement.
+    Http {
+        client: reqwest::Client,
+        base: String,
+    },
 }
 
 /// Open-loop send times: change `i` at `start + i * interval`.
@@ -157,6 +163,23 @@ impl Publisher {
                     .publish(subject, body.into())
                     .await
                     .map_err(|e| e.to_string())?;
+            }
+            Via::Http { client, base } => {
+                let request = client
+                    .post(format!("{base}/{}", customer.customer_id))
+                    .body(body)
+                    .send();
+                acks.push(
+                    async move {
+                        let result = match request.await {
+                            Ok(response) if response.status().is_success() => Ok(()),
+                            Ok(response) => Err(format!("publish: HTTP {}", response.status())),
+                            Err(error) => Err(error.to_string()),
+                        };
+                        (fanout, result)
+                    }
+                    .boxed(),
+                );
             }
         }
         Ok(fanout)

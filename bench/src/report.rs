@@ -3,6 +3,9 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub use crate::progress::TimelinePoint;
+use crate::svg::{Chart, Series};
+
 /// Highest latency recorded: one minute, in microseconds (larger values saturate).
 const MAX_LATENCY_US: u64 = 60_000_000;
 
@@ -35,6 +38,16 @@ impl Latency {
     pub fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.histogram.add(&other.histogram);
+    }
+
+    /// The samples recorded since `earlier` (a copy of this histogram taken before).
+    pub fn minus(&self, earlier: &Latency) -> Latency {
+        let mut interval = self.clone();
+        if interval.histogram.subtract(&earlier.histogram).is_err() {
+            // `earlier` is not a prefix of this one: no interval can be told apart.
+            interval.histogram.reset();
+        }
+        interval
     }
 
     pub fn len(&self) -> u64 {
@@ -107,6 +120,8 @@ pub struct Scenario {
     /// Sockets the server closed during the phase.
     pub sockets_closed: u64,
     pub notes: Vec<String>,
+    /// Rate and latency second by second (plotted).
+    pub timeline: Vec<TimelinePoint>,
 }
 
 impl Scenario {
@@ -137,10 +152,23 @@ pub struct IdleResult {
     pub idle_cpu_percent: f64,
     pub idle_hold_s: f64,
     pub first_error: Option<String>,
+    /// `(sockets open, VmRSS KiB)` after each step of the ramp.
+    pub ramp: Vec<(usize, u64)>,
+}
+
+/// A baseline figure measured beside the scenarios (e.g. the raw NATS pub→sub rate).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BaselineFigure {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub note: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
+    /// The report's heading [default: the live-path benchmark].
+    pub title: String,
     /// The exact command line that reproduces this run.
     pub command: String,
     pub started_at: String,
@@ -151,7 +179,51 @@ pub struct Report {
     pub settings: serde_json::Value,
     pub scenarios: Vec<Scenario>,
     pub idle: Vec<IdleResult>,
+    pub baselines: Vec<BaselineFigure>,
     pub notes: Vec<String>,
+}
+
+/// `ARBAT_NATS_SERVER=… ` when set, to prefix reproduce commands.
+pub fn nats_env_prefix() -> String {
+    std::env::var_os("ARBAT_NATS_SERVER")
+        .map(|server| format!("ARBAT_NATS_SERVER={} ", server.to_string_lossy()))
+        .unwrap_or_default()
+}
+
+/// Now, RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Writes `<stem>.md`, `<stem>.json` and each SVG into `out`; prints where.
+pub fn write_files(
+    out: &std::path::Path,
+    stem: &str,
+    markdown: &str,
+    json: &str,
+    svgs: &[(String, String)],
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join(format!("{stem}.md")), markdown)?;
+    std::fs::write(out.join(format!("{stem}.json")), json)?;
+    for (name, svg) in svgs {
+        std::fs::write(out.join(name), svg)?;
+    }
+    println!(
+        "report: {} and {}",
+        out.join(format!("{stem}.md")).display(),
+        out.join(format!("{stem}.json")).display()
+    );
+    Ok(())
 }
 
 fn opt_ratio(ratio: Option<f64>) -> String {
@@ -159,6 +231,109 @@ fn opt_ratio(ratio: Option<f64>) -> String {
 }
 
 impl Report {
+    pub fn new(title: &str, command: String, settings: serde_json::Value) -> Self {
+        Self {
+            title: title.to_owned(),
+            command,
+            started_at: now_rfc3339(),
+            cores: cores(),
+            mode: "self-hosted".into(),
+            settings,
+            ..Default::default()
+        }
+    }
+
+    /// File stem of this report's plots.
+    fn plot_stem(&self) -> &str {
+        if self.title.contains("idle") {
+            "bench-idle"
+        } else {
+            "bench-live"
+        }
+    }
+
+    /// The plots: latency percentiles over time per target, memory over the idle ramp.
+    pub fn svgs(&self) -> Vec<(String, String)> {
+        let mut svgs = Vec::new();
+        let timed: Vec<&Scenario> = self
+            .scenarios
+            .iter()
+            .filter(|s| !s.timeline.is_empty())
+            .collect();
+        if !timed.is_empty() {
+            let mut series = Vec::new();
+            for s in &timed {
+                for (name, pick) in [
+                    (
+                        "p50",
+                        (|p: &TimelinePoint| p.p50_ms) as fn(&TimelinePoint) -> f64,
+                    ),
+                    ("p99", |p: &TimelinePoint| p.p99_ms),
+                ] {
+                    series.push(Series {
+                        name: format!("{} {name}", s.label()),
+                        points: s
+                            .timeline
+                            .iter()
+                            .filter(|p| p.p99_ms > 0.0)
+                            .map(|p| (p.t_s, pick(p)))
+                            .collect(),
+                    });
+                }
+            }
+            let chart = Chart {
+                title: "Publish → frame latency, per second".into(),
+                x_label: "seconds into the phase".into(),
+                y_label: "ms".into(),
+                series,
+            };
+            svgs.push((format!("{}-latency.svg", self.plot_stem()), chart.render()));
+            let chart = Chart {
+                title: "Event frames delivered per second".into(),
+                x_label: "seconds into the phase".into(),
+                y_label: "frames/s".into(),
+                series: timed
+                    .iter()
+                    .map(|s| Series {
+                        name: s.label(),
+                        points: s.timeline.iter().map(|p| (p.t_s, p.events_per_s)).collect(),
+                    })
+                    .collect(),
+            };
+            svgs.push((format!("{}-rate.svg", self.plot_stem()), chart.render()));
+        }
+        if self.idle.iter().any(|i| !i.ramp.is_empty()) {
+            let chart = Chart {
+                title: "Server memory growth vs idle sockets".into(),
+                x_label: "idle sockets".into(),
+                y_label: "MiB over the start".into(),
+                series: self
+                    .idle
+                    .iter()
+                    .map(|i| Series {
+                        name: i.target.clone(),
+                        points: std::iter::once((0.0, 0.0))
+                            .chain(i.ramp.iter().map(|(n, rss)| {
+                                (
+                                    *n as f64,
+                                    rss.saturating_sub(i.rss_before_kib) as f64 / 1024.0,
+                                )
+                            }))
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            svgs.push((format!("{}-memory.svg", self.plot_stem()), chart.render()));
+        }
+        svgs
+    }
+
+    /// Prints the table and writes `<stem>.md`, `.json` and the plots into `out`.
+    pub fn write(&self, out: &std::path::Path, stem: &str) -> anyhow::Result<()> {
+        println!("{}", self.table());
+        write_files(out, stem, &self.markdown(), &self.json(), &self.svgs())
+    }
+
     /// Fills `ratio_to_baseline` of each arbat scenario from the relay scenario of the same mode.
     pub fn compute_ratios(&mut self) {
         let baselines: Vec<(String, f64, f64)> = self
@@ -183,6 +358,33 @@ impl Report {
         // Max rows first, each beside its baseline.
         self.scenarios
             .sort_by_key(|s| (s.mode != "max", s.target != "arbat"));
+    }
+
+    /// arbat's max events/s divided by each other target's max events/s.
+    pub fn ratios_to_peers(&self) -> Vec<(String, f64)> {
+        let max_of = |target: &str| {
+            self.scenarios
+                .iter()
+                .find(|s| s.target == target && s.mode == "max")
+                .map(|s| s.events_per_s)
+        };
+        let Some(arbat) = max_of("arbat") else {
+            return Vec::new();
+        };
+        let mut targets: Vec<&str> = Vec::new();
+        for s in &self.scenarios {
+            if s.target != "arbat" && !targets.contains(&s.target.as_str()) {
+                targets.push(&s.target);
+            }
+        }
+        targets
+            .into_iter()
+            .filter_map(|t| {
+                max_of(t)
+                    .filter(|v| *v > 0.0)
+                    .map(|v| (t.to_owned(), arbat / v))
+            })
+            .collect()
     }
 
     /// The console table.
@@ -238,7 +440,12 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
-        md.push_str("# Arbat live-path benchmark\n\n");
+        let title = if self.title.is_empty() {
+            "Arbat live-path benchmark"
+        } else {
+            &self.title
+        };
+        md.push_str(&format!("# {title}\n\n"));
         md.push_str(&format!(
             "Run at {} on {} core(s), {} mode.\n\nReproduce:\n\n```sh\n{}\n```\n\n",
             self.started_at, self.cores, self.mode, self.command
@@ -268,6 +475,17 @@ impl Report {
                 ));
             }
             md.push('\n');
+            let peers = self.ratios_to_peers();
+            if !peers.is_empty() {
+                let list: Vec<String> = peers
+                    .iter()
+                    .map(|(target, ratio)| format!("{ratio:.2}× {target}"))
+                    .collect();
+                md.push_str(&format!(
+                    "arbat's max delivery rate (events/s) = {}.\n\n",
+                    list.join(", ")
+                ));
+            }
             for s in &self.scenarios {
                 for note in &s.notes {
                     md.push_str(&format!("- {}: {}\n", s.label(), note));
@@ -298,6 +516,22 @@ impl Report {
                         i.target, i.connect_failures, error
                     ));
                 }
+            }
+        }
+        if !self.baselines.is_empty() {
+            md.push_str("\n## Baselines measured in the same run\n\n| baseline | value | unit | note |\n|---|---:|---|---|\n");
+            for b in &self.baselines {
+                md.push_str(&format!(
+                    "| {} | {:.0} | {} | {} |\n",
+                    b.name, b.value, b.unit, b.note
+                ));
+            }
+        }
+        let svgs = self.svgs();
+        if !svgs.is_empty() {
+            md.push_str("\n## Plots\n\n");
+            for (name, _) in &svgs {
+                md.push_str(&format!("![{name}]({name})\n\n"));
             }
         }
         if !self.notes.is_empty() {

@@ -316,15 +316,14 @@ pub async fn run_nats_ws_client(
                     live = true;
                     sink.mark_live();
                 }
-                NatsOp::Ping => {
+                NatsOp::Ping
                     if ws
                         .send(Message::binary(b"PONG\r\n".to_vec()))
                         .await
-                        .is_err()
-                    {
-                        sink.note_lost("could not answer PING".into());
-                        return;
-                    }
+                        .is_err() =>
+                {
+                    sink.note_lost("could not answer PING".into());
+                    return;
                 }
                 NatsOp::Err(error) => {
                     sink.note_lost(format!("nats-ws -ERR {error}"));

@@ -63,8 +63,6 @@ fn nice_max(value: f64) -> f64 {
 fn label(value: f64) -> String {
     if value == 0.0 {
         "0".into()
-    } else if value.abs() >= 1000.0 {
-        format!("{:.0}", value)
     } else if value.abs() >= 10.0 {
         format!("{:.0}", value)
     } else if value.abs() >= 1.0 {
@@ -219,7 +217,7 @@ pub fn well_formed(svg: &str) -> Result<(), String> {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(format!("bad element name in <{tag}>"));
             }
-            if body.matches('"').count() % 2 != 0 {
+            if !body.matches('"').count().is_multiple_of(2) {
                 return Err(format!("unbalanced quotes in <{tag}>"));
             }
             if !self_closing {

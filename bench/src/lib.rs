@@ -16,7 +16,17 @@
 //!   bounded number of changes in flight (the max rate).
 //! - [`relay`]: the baseline, a bare NATS→WebSocket relay with no actor and no store, run as
 //!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
-//! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
+//! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON, plots).
+//! - [`sockets`]: opening, waiting for and closing many client sockets, in any [`sockets::Wire`]
+//!   protocol (Arbat's, NATS over WebSocket, nchan), all accounted in one [`clients::Sink`].
+//! - [`idle`]: idle density (a ramp of idle sockets; memory per socket, heartbeat CPU), used by
+//!   `live` and by `arbat bench idle`.
+//! - [`peers`]: nats-server's WebSocket listener and nginx + nchan as peers of the live path,
+//!   and the raw NATS pub→sub rate.
+//! - [`nodes`]: multi-node self-hosting (nats-server with `/varz`, one database, n nodes in
+//!   CPU groups of their own) for [`scale`] and [`activation`].
+//! - [`scale`]: `arbat bench scale`; [`activation`]: `arbat bench activation`.
+//! - [`progress`]: the once-a-second sampler (progress line, timelines); [`svg`]: the plots.
 //!
 //! # What is measured
 //!

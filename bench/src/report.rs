@@ -260,9 +260,19 @@ impl Report {
             .iter()
             .filter(|s| !s.timeline.is_empty())
             .collect();
-        if !timed.is_empty() {
+        // One latency chart per mode: the max phase (its queue) and the fixed rate.
+        for (mode, title) in [
+            (
+                "rate",
+                "Publish → frame latency at the same fixed rate, per second",
+            ),
+            (
+                "max",
+                "Publish → frame latency at each target's max (closed loop), per second",
+            ),
+        ] {
             let mut series = Vec::new();
-            for s in &timed {
+            for s in timed.iter().filter(|s| s.mode == mode) {
                 for (name, pick) in [
                     (
                         "p50",
@@ -271,7 +281,7 @@ impl Report {
                     ("p99", |p: &TimelinePoint| p.p99_ms),
                 ] {
                     series.push(Series {
-                        name: format!("{} {name}", s.label()),
+                        name: format!("{} {name}", s.target),
                         points: s
                             .timeline
                             .iter()
@@ -281,13 +291,24 @@ impl Report {
                     });
                 }
             }
+            if series.is_empty() {
+                continue;
+            }
             let chart = Chart {
-                title: "Publish → frame latency, per second".into(),
+                title: title.into(),
                 x_label: "seconds into the phase".into(),
                 y_label: "ms".into(),
                 series,
+                x_ticks: Vec::new(),
             };
-            svgs.push((format!("{}-latency.svg", self.plot_stem()), chart.render()));
+            let name = if mode == "rate" {
+                format!("{}-latency.svg", self.plot_stem())
+            } else {
+                format!("{}-latency-max.svg", self.plot_stem())
+            };
+            svgs.push((name, chart.render()));
+        }
+        if !timed.is_empty() {
             let chart = Chart {
                 title: "Event frames delivered per second".into(),
                 x_label: "seconds into the phase".into(),
@@ -299,6 +320,7 @@ impl Report {
                         points: s.timeline.iter().map(|p| (p.t_s, p.events_per_s)).collect(),
                     })
                     .collect(),
+                x_ticks: Vec::new(),
             };
             svgs.push((format!("{}-rate.svg", self.plot_stem()), chart.render()));
         }
@@ -322,6 +344,7 @@ impl Report {
                             .collect(),
                     })
                     .collect(),
+                x_ticks: Vec::new(),
             };
             svgs.push((format!("{}-memory.svg", self.plot_stem()), chart.render()));
         }

@@ -590,6 +590,7 @@ impl ScaleReport {
                 .filter_map(|r| value(r).map(|v| (r.nodes as f64, v)))
                 .collect(),
         };
+        let node_ticks: Vec<f64> = self.rows.iter().map(|r| r.nodes as f64).collect();
         let throughput = Chart {
             title: "Throughput vs nodes".into(),
             x_label: "nodes".into(),
@@ -601,17 +602,23 @@ impl ScaleReport {
                     Some(base.changes_per_s_per_node * r.nodes as f64)
                 }),
             ],
+            x_ticks: node_ticks.clone(),
         };
         let efficiency = Chart {
             title: "Scaling efficiency vs nodes".into(),
             x_label: "nodes".into(),
             y_label: "changes/s(n) ÷ (n × changes/s(1))".into(),
-            series: vec![nodes_series("efficiency", &|r| r.efficiency)],
+            series: vec![
+                nodes_series("efficiency", &|r| r.efficiency),
+                nodes_series("linear", &|_| Some(1.0)),
+            ],
+            x_ticks: node_ticks.clone(),
         };
         let cost = Chart {
-            title: "Cost per change vs nodes".into(),
+            title: "CPU time per change vs nodes".into(),
             x_label: "nodes".into(),
-            y_label: "CPU ms per change; bus messages per change".into(),
+            y_label: "CPU ms per change".into(),
+            x_ticks: node_ticks.clone(),
             series: vec![
                 nodes_series("CPU ms, total", &|r| {
                     r.cpu_ms_per_change.get("total").copied()
@@ -625,7 +632,17 @@ impl ScaleReport {
                 nodes_series("CPU ms, postgres", &|r| {
                     r.cpu_ms_per_change.get("postgres").copied()
                 }),
-                nodes_series("bus msgs", &|r| Some(r.bus_msgs_per_change)),
+            ],
+        };
+        let bus = Chart {
+            title: "Bus messages per change vs nodes".into(),
+            x_label: "nodes".into(),
+            y_label: "nats-server messages per change".into(),
+            x_ticks: node_ticks,
+            series: vec![
+                nodes_series("in + out", &|r| Some(r.bus_msgs_per_change)),
+                nodes_series("in", &|r| Some(r.bus_in_per_change)),
+                nodes_series("out", &|r| Some(r.bus_out_per_change)),
             ],
         };
         let latency = Chart {
@@ -645,11 +662,13 @@ impl ScaleReport {
                         .collect(),
                 })
                 .collect(),
+            x_ticks: Vec::new(),
         };
         vec![
             ("bench-scale-throughput.svg".into(), throughput.render()),
             ("bench-scale-efficiency.svg".into(), efficiency.render()),
             ("bench-scale-cost.svg".into(), cost.render()),
+            ("bench-scale-bus.svg".into(), bus.render()),
             ("bench-scale-latency.svg".into(), latency.render()),
         ]
     }
@@ -708,7 +727,7 @@ mod tests {
             "{md}"
         );
         let svgs = report.svgs();
-        assert_eq!(svgs.len(), 4);
+        assert_eq!(svgs.len(), 5);
         for (name, svg) in &svgs {
             well_formed(svg).unwrap_or_else(|e| panic!("{name}: {e}"));
         }

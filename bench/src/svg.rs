@@ -17,12 +17,14 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
+    /// Where the x axis has ticks (e.g. node counts); empty: five even steps from 0.
+    pub x_ticks: Vec<f64>,
 }
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 400.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 170.0;
+const RIGHT: f64 = 210.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 const COLOURS: [&str; 8] = [
@@ -63,7 +65,7 @@ fn nice_max(value: f64) -> f64 {
 fn label(value: f64) -> String {
     if value == 0.0 {
         "0".into()
-    } else if value.abs() >= 10.0 {
+    } else if value.abs() >= 10.0 || value.fract() == 0.0 {
         format!("{:.0}", value)
     } else if value.abs() >= 1.0 {
         format!("{:.1}", value)
@@ -81,7 +83,11 @@ impl Chart {
             .iter()
             .flat_map(|s| s.points.iter().filter(finite).copied())
             .collect();
-        let x_max = nice_max(all.iter().map(|p| p.0).fold(0.0, f64::max));
+        let x_max = if self.x_ticks.is_empty() {
+            nice_max(all.iter().map(|p| p.0).fold(0.0, f64::max))
+        } else {
+            self.x_ticks.iter().copied().fold(0.0, f64::max).max(1e-9)
+        };
         let y_max = nice_max(all.iter().map(|p| p.1).fold(0.0, f64::max));
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
@@ -102,11 +108,24 @@ impl Chart {
             WIDTH / 2.0,
             escape(&self.title)
         );
-        // Grid and tick labels: five steps on each axis.
+        // Grid and tick labels: five steps on the y axis, the given ticks or five on the x axis.
+        let x_ticks: Vec<f64> = if self.x_ticks.is_empty() {
+            (0..=5).map(|i| x_max * f64::from(i) / 5.0).collect()
+        } else {
+            self.x_ticks.clone()
+        };
+        for tick in &x_ticks {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                x(*tick),
+                TOP + plot_h + 16.0,
+                label(*tick)
+            );
+        }
         for i in 0..=5 {
             let fraction = f64::from(i) / 5.0;
             let gy = y(y_max * fraction);
-            let gx = x(x_max * fraction);
             let _ = write!(
                 svg,
                 r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#ddd"/>"##,
@@ -118,12 +137,6 @@ impl Chart {
                 LEFT - 6.0,
                 gy + 4.0,
                 label(y_max * fraction)
-            );
-            let _ = write!(
-                svg,
-                r#"<text x="{gx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                TOP + plot_h + 16.0,
-                label(x_max * fraction)
             );
         }
         let _ = write!(
@@ -275,6 +288,7 @@ mod tests {
                     points: vec![],
                 },
             ],
+            x_ticks: Vec::new(),
         }
     }
 
@@ -293,6 +307,17 @@ mod tests {
             ..chart()
         };
         well_formed(&empty.render()).unwrap();
+        // Given ticks are drawn as they are.
+        let nodes = Chart {
+            x_ticks: vec![1.0, 2.0, 4.0],
+            ..chart()
+        };
+        let svg = nodes.render();
+        well_formed(&svg).unwrap();
+        assert!(
+            svg.contains(">4</text>") && !svg.contains(">0.80</text>"),
+            "{svg}"
+        );
     }
 
     #[test]

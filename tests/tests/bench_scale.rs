@@ -75,6 +75,7 @@ fn bench_scale_runs_one_and_two_nodes_and_leaves_nothing_behind() {
         "bench-scale-throughput.svg",
         "bench-scale-efficiency.svg",
         "bench-scale-cost.svg",
+        "bench-scale-bus.svg",
         "bench-scale-latency.svg",
     ] {
         assert!(markdown.contains(&format!("]({name})")), "{markdown}");

@@ -670,6 +670,9 @@ async fn run_live(args: LiveArgs) -> anyhow::Result<Report> {
                 }
                 Peer::Nchan => match NchanPeer::start(&args.nginx, args.sockets).await? {
                     Ok(server) => {
+                        report.notes.push(
+                            "nchan is fed over its HTTP publisher endpoint and keeps messages in memory (nothing synced), like a core-NATS-fed baseline".into(),
+                        );
                         let via = Via::Http {
                             client: reqwest::Client::new(),
                             base: server.publish_base(),

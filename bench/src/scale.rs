@@ -239,6 +239,8 @@ async fn run_one(
             let warnings: Vec<&str> = lines
                 .lines()
                 .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                // Every self-hosted node says so at start; not news about the run.
+                .filter(|l| !l.contains("DEVELOPMENT key"))
                 .collect();
             match warnings.last() {
                 Some(last) => format!(

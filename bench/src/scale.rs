@@ -35,8 +35,9 @@ pub struct ScaleArgs {
     /// Node counts to run, in order (at most 8).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub nodes: Vec<usize>,
-    /// CPU quota of each node, in CPUs (cgroup v1 CFS quota; 0 = no limit).
-    #[arg(long, default_value_t = 0.25)]
+    /// CPU quota of each node, in CPUs (cgroup v1 CFS quota; 0 = no limit). Below what the
+    /// rest of the pipeline allows, so that the nodes are the limit (0.1 on 2 cores).
+    #[arg(long, default_value_t = 0.1)]
     pub cpu_per_node: f64,
     /// Customers (demo logins) whose changes are published.
     #[arg(long, default_value_t = 100)]

@@ -60,3 +60,47 @@ fn bench_live_runs_with_peers_and_reports_a_skipped_nchan() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Where Debian puts the nchan module; the peer runs only when nginx and it are installed.
+fn nchan_installed() -> bool {
+    Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && std::path::Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so").exists()
+}
+
+#[test]
+fn bench_live_drives_nchan_with_the_same_clients_when_installed() {
+    if !nchan_installed() {
+        eprintln!("nginx with nchan is not installed: the skip is covered by the test above");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("arbat-bench-nchan-{}", uuid::Uuid::new_v4()));
+    let status = Command::new(tests::arbat_binary())
+        .args(["bench", "live", "--customers", "4", "--sockets", "12"])
+        .args(["--idle-sockets", "0", "--no-baseline", "--peers", "nchan"])
+        .args(["--warmup", "0.3", "--duration", "1", "--in-flight", "8"])
+        .args(["--rate", "40", "--partitions", "4"])
+        .arg("--out")
+        .arg(&out)
+        .env("ARBAT_LOG", "warn")
+        .status()
+        .expect("arbat runs");
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench-live.json")).unwrap())
+            .unwrap();
+    for mode in ["max", "rate"] {
+        let s = report["scenarios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == "nchan" && s["mode"] == mode)
+            .unwrap_or_else(|| panic!("no nchan {mode} in {report}"));
+        assert!(s["events_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert_eq!(s["delivered_frames"], s["expected_frames"], "{s}");
+        assert_eq!(s["sockets"], 12, "{s}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -186,6 +186,30 @@ impl NchanPeer {
     }
 }
 
+impl Drop for NchanPeer {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers; a SIGKILL of the master alone (what
+        // dropping the child does) would leave them running.
+        let workers: Vec<u32> = self.pids().into_iter().skip(1).collect();
+        self.process.stop(Duration::from_secs(5));
+        for pid in workers {
+            if running(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// One operation of the NATS protocol, server to client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NatsOp {

@@ -70,12 +70,29 @@ fn nchan_installed() -> bool {
         && std::path::Path::new("/usr/lib/nginx/modules/ngx_nchan_module.so").exists()
 }
 
+/// Live (not zombie) nginx worker processes on this machine.
+fn nginx_workers() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).starts_with("nginx: worker")
+                && !stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .count()
+}
+
 #[test]
 fn bench_live_drives_nchan_with_the_same_clients_when_installed() {
     if !nchan_installed() {
         eprintln!("nginx with nchan is not installed: the skip is covered by the test above");
         return;
     }
+    let workers_before = nginx_workers();
     let out = std::env::temp_dir().join(format!("arbat-bench-nchan-{}", uuid::Uuid::new_v4()));
     let status = Command::new(tests::arbat_binary())
         .args(["bench", "live", "--customers", "4", "--sockets", "12"])
@@ -102,5 +119,10 @@ fn bench_live_drives_nchan_with_the_same_clients_when_installed() {
         assert_eq!(s["delivered_frames"], s["expected_frames"], "{s}");
         assert_eq!(s["sockets"], 12, "{s}");
     }
+    assert_eq!(
+        nginx_workers(),
+        workers_before,
+        "nginx's workers were stopped"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -107,6 +107,9 @@ pub struct RawSettings {
     /// development key, with a warning].
     #[arg(long, env = "ARBAT_OPERATIONS_KEY")]
     pub operations_key: Option<String>,
+    /// How often the node scans for due monthly/weekly autopayments [default: 1000].
+    #[arg(long, env = "ARBAT_AUTOPAY_TICK_MS")]
+    pub autopay_tick_ms: Option<String>,
 }
 
 impl RawSettings {
@@ -120,6 +123,7 @@ impl RawSettings {
             demo: self.demo.or(other.demo),
             partitions: self.partitions.or(other.partitions),
             idle_timeout_ms: self.idle_timeout_ms.or(other.idle_timeout_ms),
+            autopay_tick_ms: self.autopay_tick_ms.or(other.autopay_tick_ms),
             node_id: self.node_id.or(other.node_id),
             lease_ttl_ms: self.lease_ttl_ms.or(other.lease_ttl_ms),
             backoffice_key: self.backoffice_key.or(other.backoffice_key),
@@ -320,6 +324,13 @@ impl Config {
                 600_000,
                 100,
                 86_400_000,
+            )?),
+            autopay_tick: Duration::from_millis(number(
+                "autopay-tick-ms",
+                raw.autopay_tick_ms.as_deref(),
+                1_000,
+                10,
+                3_600_000,
             )?),
             ..actors::ActorConfig::default()
         };

@@ -72,6 +72,27 @@ pub struct Commit {
     pub change_ids: Vec<String>,
     pub snapshot: Option<Snapshot>,
     pub outbox: Vec<OutboxMessage>,
+    /// Changes to the index of clock-driven autopayments, written in the same transaction as
+    /// the `autopayment_saved` / `autopayment_deleted` events that cause them.
+    pub schedules: Vec<ScheduleWrite>,
+}
+
+/// One change to the autopayment schedule index (`customer → next run`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleWrite {
+    pub autopayment_id: String,
+    /// The customer's partition, so that each node scans only the partitions it owns.
+    pub partition: u32,
+    /// The next run (Unix ms); `None` removes the autopayment from the index.
+    pub next_run_ms: Option<i64>,
+}
+
+/// A row of the schedule index whose run is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueRun {
+    pub customer_id: CustomerId,
+    pub autopayment_id: String,
+    pub next_run_ms: i64,
 }
 
 /// Customer journals, feeds and the outbox.
@@ -106,6 +127,24 @@ pub trait JournalStore: Send + Sync + 'static {
     /// The oldest outbox rows, at most `limit`.
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
     async fn outbox_delete(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// The oldest due runs (`next_run_ms <= now_ms`) of the given partitions, at most `limit`.
+    async fn schedule_due(
+        &self,
+        partitions: &[u32],
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DueRun>, StoreError>;
+    /// Moves a run from `due_ms` to `next_run_ms` (`None`: removes the row); a no-op (false)
+    /// when the row is gone or was already moved, so a repeated or late write never undoes
+    /// a newer one.
+    async fn schedule_advance(
+        &self,
+        customer: &CustomerId,
+        autopayment_id: &str,
+        due_ms: i64,
+        next_run_ms: Option<i64>,
+    ) -> Result<bool, StoreError>;
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -79,6 +79,7 @@ mod queries {
     /// Locks the ABS account row so concurrent postings apply one after another.
     const FOR_UPDATE: &str = " FOR UPDATE";
     include!("queries.rs");
+    include!("schedule_queries.rs");
 }
 
 type Backend = PgStore;

@@ -254,6 +254,8 @@ pub(crate) async fn commit(c: &mut Conn, commit: &Commit) -> Result<Vec<i64>, St
         query.execute(&mut *c).await.map_err(db_err)?;
     }
 
+    schedule_write(c, customer, &commit.schedules).await?;
+
     let mut outbox_ids = Vec::with_capacity(commit.outbox.len());
     for messages in commit.outbox.chunks(ROWS_PER_INSERT) {
         let sql = format!(

@@ -20,12 +20,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, SQLITE_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (6, AUTOPAY_SCHEDULE_V6),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, POSTGRES_V1),
     (2, POSTGRES_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (6, AUTOPAY_SCHEDULE_V6),
 ];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
@@ -315,6 +317,20 @@ CREATE TABLE abs_card_pans (
     card_id TEXT NOT NULL REFERENCES abs_products (id),
     customer_id TEXT NOT NULL REFERENCES abs_customers (id)
 );
+"#;
+
+/// The index of clock-driven autopayments (both backends): when each runs next. Written in
+/// the same transaction as the `autopayment_saved` / `autopayment_deleted` journal events;
+/// each node's scheduler scans the due rows of the partitions it owns.
+const AUTOPAY_SCHEDULE_V6: &str = r#"
+CREATE TABLE autopay_schedule (
+    customer_id TEXT NOT NULL,
+    autopayment_id TEXT NOT NULL,
+    partition_no BIGINT NOT NULL,
+    next_run_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, autopayment_id)
+);
+CREATE INDEX autopay_schedule_due ON autopay_schedule (partition_no, next_run_ms);
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

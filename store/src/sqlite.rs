@@ -101,6 +101,7 @@ mod queries {
     /// The writer holds SQLite's only write lock for the whole batch: no row locks needed.
     const FOR_UPDATE: &str = "";
     include!("queries.rs");
+    include!("schedule_queries.rs");
 }
 
 type Backend = SqliteStore;
@@ -133,6 +134,7 @@ mod tests {
             change_ids: vec![format!("{customer}-{expected}")],
             snapshot: None,
             outbox: vec![],
+            schedules: vec![],
         }
     }
 

@@ -98,6 +98,39 @@ impl kernel::store::JournalStore for Backend {
         self.write(move |c| Box::pin(async move { queries::outbox_delete(c, &ids).await }))
             .await
     }
+
+    async fn schedule_due(
+        &self,
+        partitions: &[u32],
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<kernel::store::DueRun>, kernel::store::StoreError> {
+        if partitions.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let partitions = partitions.to_vec();
+        self.read(move |c| {
+            Box::pin(async move { queries::schedule_due(c, &partitions, now_ms, limit).await })
+        })
+        .await
+    }
+
+    async fn schedule_advance(
+        &self,
+        customer: &kernel::CustomerId,
+        autopayment_id: &str,
+        due_ms: i64,
+        next_run_ms: Option<i64>,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        let autopayment_id = autopayment_id.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                queries::schedule_advance(c, &customer, &autopayment_id, due_ms, next_run_ms).await
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]

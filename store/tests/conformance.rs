@@ -125,6 +125,7 @@ conformance!(
     abs_transfer_random_sequences_sum_to_zero,
     abs_card_pans_find_their_customer,
     phone_change_moves_phone_and_login_once,
+    autopay_schedule_follows_commits_and_advances_once,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -156,6 +157,7 @@ fn commit(customer: &str, expected: u64, count: u64) -> Commit {
             .collect(),
         snapshot: None,
         outbox: vec![],
+        schedules: vec![],
     }
 }
 
@@ -1497,4 +1499,112 @@ async fn phone_change_moves_phone_and_login_once(store: Arc<dyn Store>) {
             .await,
         Err(kernel::store::StoreError::NotFound)
     ));
+}
+
+// ---- autopayment schedule index -----------------------------------------------------------
+
+fn schedule(id: &str, partition: u32, next_run_ms: Option<i64>) -> kernel::store::ScheduleWrite {
+    kernel::store::ScheduleWrite {
+        autopayment_id: id.into(),
+        partition,
+        next_run_ms,
+    }
+}
+
+async fn autopay_schedule_follows_commits_and_advances_once(store: Arc<dyn Store>) {
+    // Written with the journal: c1 has two autopayments (partition 3), c2 one (partition 5).
+    let mut first = commit("c1", 0, 1);
+    first.schedules = vec![
+        schedule("ap1", 3, Some(1_000)),
+        schedule("ap2", 3, Some(5_000)),
+    ];
+    store.commit(first).await.unwrap();
+    let mut other = commit("c2", 0, 1);
+    other.schedules = vec![schedule("ap3", 5, Some(2_000))];
+    store.commit(other).await.unwrap();
+
+    // A refused commit writes no schedule either.
+    let mut stale = commit("c1", 0, 1);
+    stale.schedules = vec![schedule("ap9", 3, Some(1))];
+    assert_eq!(store.commit(stale).await, Err(StoreError::VersionConflict));
+
+    let due = |partitions: Vec<u32>, now_ms: i64, limit: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .schedule_due(&partitions, now_ms, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|run| {
+                    (
+                        run.customer_id.as_str().to_owned(),
+                        run.autopayment_id,
+                        run.next_run_ms,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |c: &str, id: &str, ms: i64| (c.to_owned(), id.to_owned(), ms);
+    // Only due rows of the asked partitions, oldest first, at most `limit`.
+    assert_eq!(
+        due(vec![3, 5], 10_000, 10).await,
+        vec![
+            row("c1", "ap1", 1_000),
+            row("c2", "ap3", 2_000),
+            row("c1", "ap2", 5_000)
+        ]
+    );
+    assert_eq!(
+        due(vec![3, 5], 10_000, 1).await,
+        vec![row("c1", "ap1", 1_000)]
+    );
+    assert_eq!(due(vec![3], 4_999, 10).await, vec![row("c1", "ap1", 1_000)]);
+    assert_eq!(due(vec![4], 10_000, 10).await, vec![]);
+    assert_eq!(due(vec![], 10_000, 10).await, vec![]);
+
+    // Advancing is compare-and-set on the due time: a second (late) advance is a no-op.
+    let c1 = cid("c1");
+    assert!(
+        store
+            .schedule_advance(&c1, "ap1", 1_000, Some(20_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .schedule_advance(&c1, "ap1", 1_000, Some(30_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .schedule_advance(&c1, "nope", 1_000, Some(30_000))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        due(vec![3], 25_000, 10).await,
+        vec![row("c1", "ap2", 5_000), row("c1", "ap1", 20_000)]
+    );
+
+    // Saving again moves the row; deleting in a commit removes it; advancing to None too.
+    let mut again = commit("c1", 1, 1);
+    again.schedules = vec![schedule("ap1", 3, Some(40_000)), schedule("ap2", 3, None)];
+    store.commit(again).await.unwrap();
+    assert_eq!(
+        due(vec![3], 50_000, 10).await,
+        vec![row("c1", "ap1", 40_000)]
+    );
+    assert!(
+        store
+            .schedule_advance(&c1, "ap1", 40_000, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        due(vec![3, 5], i64::MAX, 10).await,
+        vec![row("c2", "ap3", 2_000)]
+    );
 }

@@ -12,7 +12,10 @@
 //!   holds, fees, FX rounding), property-tested; the store writes the same rules atomically.
 //! - payments.rs: `abs.cmd.payment`, a payment order turned into a balanced transfer and
 //!   published as Cache Control changes to every customer it touches.
-//! - [`rates`]: buy/sell rates per currency pair.
+//! - [`rates`]: buy/sell rates per currency pair, changed live (`Abs::set_rates`, published
+//!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
+//! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
+//!   honoured by `abs.cmd.payment` when a conversion carries one.
 //!
 //! The ABS keeps its own tables in the node's store ([`AbsStore`]).
 
@@ -32,6 +35,7 @@ pub mod cards;
 pub mod demo;
 pub mod ledger;
 mod payments;
+pub mod quotes;
 pub mod rates;
 
 pub use payments::{income_account, position_account};
@@ -82,12 +86,25 @@ impl AbsError {
     }
 }
 
+/// Why a quote was not given or not honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteFailure {
+    #[error(transparent)]
+    Quote(#[from] quotes::QuoteError),
+    #[error(transparent)]
+    Abs(AbsError),
+}
+
 /// The reference ABS.
 #[derive(Clone)]
 pub struct Abs {
     store: Arc<dyn Store>,
     sink: Arc<dyn ChangeSink>,
-    rates: Arc<Vec<ledger::Rate>>,
+    /// The rates the bank quotes now, replaced whole when they change (see `rates`).
+    rates: Arc<std::sync::RwLock<rates::RateSet>>,
+    /// The HMAC key of quotes, from the store's secrets (the same on every node).
+    quote_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    quote_validity: time::Duration,
 }
 
 /// Commands served at once per node; more wait on the bus.
@@ -98,13 +115,148 @@ impl Abs {
         Self {
             store,
             sink,
-            rates: Arc::new(rates::demo_rates()),
+            rates: Arc::new(std::sync::RwLock::new(rates::RateSet::demo())),
+            quote_key: Arc::new(tokio::sync::OnceCell::new()),
+            quote_validity: quotes::DEFAULT_VALIDITY,
         }
     }
 
-    /// The rates the bank quotes.
-    pub fn rates(&self) -> &[ledger::Rate] {
-        &self.rates
+    /// How long the quotes this ABS issues hold.
+    pub fn with_quote_validity(mut self, validity: time::Duration) -> Self {
+        self.quote_validity = validity;
+        self
+    }
+
+    /// The rates the bank quotes now.
+    pub fn rates(&self) -> Arc<Vec<ledger::Rate>> {
+        self.current_rates().rates
+    }
+
+    fn current_rates(&self) -> rates::RateSet {
+        // A poisoned lock still holds a whole set (it is replaced, never edited in place).
+        self.rates
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Adopts `set` if it is newer than the current one; whether it did.
+    fn adopt_rates(&self, set: rates::RateSet) -> bool {
+        let mut current = self
+            .rates
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if set.version > current.version {
+            *current = set;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The treasury sets new rates: checked (pure, `rates::validate`), adopted here and
+    /// published on `abs.rates` so every node's ABS follows at once.
+    pub async fn set_rates(
+        &self,
+        bus: &dyn Bus,
+        new: Vec<ledger::Rate>,
+    ) -> Result<rates::RateSet, AbsError> {
+        rates::validate(&new).map_err(|e| AbsError::Invalid(e.to_string()))?;
+        // Versions are times, kept increasing even if the clock steps back.
+        let now_ms = i64::try_from(kernel::now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let version = now_ms.max(self.current_rates().version + 1);
+        let set = rates::RateSet {
+            version,
+            rates: Arc::new(new),
+        };
+        self.adopt_rates(set.clone());
+        bus.publish(subjects::ABS_RATES, Bytes::from(set.to_json().to_string()))
+            .await
+            .map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        Ok(set)
+    }
+
+    /// Follows the rates published on `abs.rates` (any node's change) until the bus closes.
+    /// At start it asks the other nodes for theirs (`abs.cmd.rates.get`), so a node that
+    /// joins later quotes what the others quote.
+    pub async fn follow_rates(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
+        let mut changes = bus.subscribe(subjects::ABS_RATES).await?;
+        // Asked beside the following, so a change published meanwhile is not held up by a
+        // question nobody answers (nodes with the demo rates stay silent); the newer set wins.
+        let (abs, asking) = (self.clone(), bus.clone());
+        tokio::spawn(async move {
+            let ask = asking
+                .request(
+                    &subjects::abs_command("rates.get"),
+                    Bytes::new(),
+                    std::time::Duration::from_secs(2),
+                )
+                .await;
+            if let Ok(answer) = ask
+                && let Some(set) = rates::RateSet::from_json(&answer)
+            {
+                abs.adopt_rates(set);
+            }
+        });
+        while let Some(message) = changes.next().await {
+            match rates::RateSet::from_json(&message.payload) {
+                Some(set) => {
+                    if self.adopt_rates(set) {
+                        tracing::info!("rates changed");
+                    }
+                }
+                None => tracing::warn!("ignored a malformed rate set on abs.rates"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn quote_key(&self) -> Result<&[u8], AbsError> {
+        self.quote_key
+            .get_or_try_init(|| async {
+                let mut candidate = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut candidate);
+                self.store.secret("abs_quote_key", &candidate).await
+            })
+            .await
+            .map(Vec::as_slice)
+            .map_err(|e| AbsError::Unavailable(e.to_string()))
+    }
+
+    /// A quote for `customer` to convert `amount` into `to` at the current rate: the quote
+    /// and its signed token (its id).
+    pub async fn quote(
+        &self,
+        customer: &CustomerId,
+        amount: Money,
+        to: Currency,
+    ) -> Result<(quotes::Quote, String), QuoteFailure> {
+        let key = self.quote_key().await.map_err(QuoteFailure::Abs)?;
+        let mut nonce = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let nonce = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let quote = quotes::Quote::price(
+            &self.rates(),
+            customer.clone(),
+            amount,
+            to,
+            nonce,
+            kernel::now(),
+            self.quote_validity,
+        )
+        .map_err(QuoteFailure::Quote)?;
+        let token = quote.sign(key);
+        Ok((quote, token))
+    }
+
+    /// Checks a quote token for `customer` now.
+    pub(crate) async fn check_quote(
+        &self,
+        customer: &CustomerId,
+        token: &str,
+    ) -> Result<quotes::Quote, QuoteFailure> {
+        let key = self.quote_key().await.map_err(QuoteFailure::Abs)?;
+        quotes::Quote::verify(key, token, customer, kernel::now()).map_err(QuoteFailure::Quote)
     }
 
     /// Posts to an account and publishes `transaction_posted` and `balance_changed`.
@@ -211,6 +363,25 @@ impl Abs {
             .queue_subscribe(&subjects::abs_command("payment"), "abs")
             .await?
             .map(|m| (true, m));
+        // A joining node's ABS asks for the current rates. Every node hears the question
+        // (no queue group) and those that hold a set newer than the demo one answer; the
+        // first answer wins, and `abs.rates` corrects any race later.
+        let rate_asks = bus.subscribe(&subjects::abs_command("rates.get")).await?;
+        let abs = self.clone();
+        let answering = bus.clone();
+        tokio::spawn(rate_asks.for_each(move |message| {
+            let (abs, bus) = (abs.clone(), answering.clone());
+            async move {
+                let set = abs.current_rates();
+                if let Some(reply) = message.reply
+                    && set.version > 0
+                {
+                    let _ = bus
+                        .publish(&reply, Bytes::from(set.to_json().to_string()))
+                        .await;
+                }
+            }
+        }));
         let mut requests = futures::stream::select(customers, payments);
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
         while let Some((payment, message)) = requests.next().await {

@@ -124,6 +124,27 @@ impl Abs {
         // The legs, planned by the pure ledger.
         let fee = command.fee.filter(|f| f.minor > 0);
         let income = income_account(from_currency);
+        // A quoted conversion: the quote's terms, if it is this customer's, intact, unexpired
+        // and for exactly this amount and pair.
+        let quote = match &command.quote {
+            Some(token) => {
+                let quote = self
+                    .check_quote(&command.customer_id, token)
+                    .await
+                    .map_err(|failure| match failure {
+                        crate::QuoteFailure::Quote(e) => err(e.code(), &e.to_string()),
+                        crate::QuoteFailure::Abs(e) => err("unavailable", &e.to_string()),
+                    })?;
+                if quote.amount != command.amount || quote.credited.currency != to_currency {
+                    return Err(err(
+                        "quote_mismatch",
+                        "the quote is for another amount or currency pair",
+                    ));
+                }
+                Some(quote)
+            }
+            None => None,
+        };
         let (mut legs, credited, rate_e6) = if to_currency == from_currency {
             (
                 ledger::transfer_legs(&from.id, &to.id, command.amount, None),
@@ -131,11 +152,21 @@ impl Abs {
                 None,
             )
         } else {
-            let rate = crate::rates::customer_rate(&self.rates, from_currency, to_currency)
-                .ok_or_else(|| err("currency_mismatch", "the bank does not convert this pair"))?;
-            let converted = ledger::convert(command.amount.minor, from_currency, to_currency, rate)
-                .filter(|minor| *minor > 0)
-                .ok_or_else(|| err("invalid_command", "amount too small to convert"))?;
+            let (rate, converted) = match &quote {
+                Some(quote) => (quote.rate_e6, quote.credited.minor),
+                None => {
+                    let rate =
+                        crate::rates::customer_rate(&self.rates(), from_currency, to_currency)
+                            .ok_or_else(|| {
+                                err("currency_mismatch", "the bank does not convert this pair")
+                            })?;
+                    let converted =
+                        ledger::convert(command.amount.minor, from_currency, to_currency, rate)
+                            .filter(|minor| *minor > 0)
+                            .ok_or_else(|| err("invalid_command", "amount too small to convert"))?;
+                    (rate, converted)
+                }
+            };
             let converted = Money::new(converted, to_currency);
             (
                 ledger::fx_legs(

@@ -502,6 +502,7 @@ impl CustomerActor {
             amount: order.amount,
             fee: (order.fee.minor > 0).then_some(order.fee),
             description: order.description.clone(),
+            quote: order.quote.clone(),
         };
         let bus = self.deps.bus.clone();
         let timeout = self.deps.config.request_timeout;

@@ -526,6 +526,7 @@ pub(crate) mod tests_support {
                 limits: Default::default(),
                 description: String::new(),
                 confirmed: false,
+                quote: None,
             },
             body_hash: "h".into(),
             created_at: OffsetDateTime::UNIX_EPOCH,

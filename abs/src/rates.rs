@@ -119,7 +119,7 @@ pub fn parse_items(items: &Value) -> Result<Vec<Rate>, RateError> {
                 item.get(name)
                     .and_then(Value::as_str)
                     .and_then(|c| Currency::parse(c).ok())
-                    .ok_or_else(|| err(field(name), "is not a known currency"))
+                    .ok_or_else(|| err(field(name), "is not a currency code"))
             };
             let rate = |name: &str| {
                 item.get(name)
@@ -263,7 +263,7 @@ mod tests {
             assert_eq!(validate(&rates).unwrap_err().field, field);
         }
         assert!(validate(&demo_rates()).is_ok());
-        let bad = json!([{"base": "USD", "quote": "XXX", "buy": "1", "sell": "2"}]);
+        let bad = json!([{"base": "USD", "quote": "rub", "buy": "1", "sell": "2"}]);
         assert_eq!(parse_items(&bad).unwrap_err().field, "items[0].quote");
     }
 }

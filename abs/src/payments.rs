@@ -132,8 +132,8 @@ impl Abs {
                     .check_quote(&command.customer_id, token)
                     .await
                     .map_err(|failure| match failure {
-                        crate::QuoteFailure::Quote(e) => err(e.code(), &e.to_string()),
-                        crate::QuoteFailure::Abs(e) => err("unavailable", &e.to_string()),
+                        crate::QuoteFailure::Quote(e) => err(e.code(), e.to_string()),
+                        crate::QuoteFailure::Abs(e) => err("unavailable", e.to_string()),
                     })?;
                 if quote.amount != command.amount || quote.credited.currency != to_currency {
                     return Err(err(

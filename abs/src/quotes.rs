@@ -171,6 +171,8 @@ fn mac(key: &[u8], payload: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
+// Amounts are written as major_minor (`100_00` is 100.00) so they read like money.
+#[allow(clippy::inconsistent_digit_grouping)]
 mod tests {
     use super::*;
     use time::macros::datetime;

@@ -447,6 +447,27 @@ pub struct AbsTransferResult {
     pub duplicate: bool,
 }
 
+/// An authorization: `amount_minor` of an account reserved until it is captured (a transfer
+/// of at most that much) or released. Idempotent by `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsHold {
+    pub id: String,
+    pub account_id: String,
+    /// Positive, in the account's currency.
+    pub amount_minor: i64,
+    /// The available balance (balance less holds) may not fall below this.
+    pub floor_minor: i64,
+}
+
+/// What an authorization left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsHoldResult {
+    /// The account's balance less every active hold, after this one.
+    pub available_minor: i64,
+    /// True when this hold id was already authorized (nothing changed).
+    pub duplicate: bool,
+}
+
 /// The reference ABS's own tables: customers, products (accounts with balances) and the
 /// double-entry ledger of transfers (`abs_transfer`), plus single-leg admin postings.
 #[async_trait]
@@ -484,6 +505,24 @@ pub trait AbsStore: Send + Sync + 'static {
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Sets a product's status (`active`, `blocked`, `closed`).
     async fn abs_set_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+    /// Reserves money: refused (`Refused`) with `insufficient_funds` when the available
+    /// balance (balance less active holds) would fall below the floor, `account_closed`,
+    /// `idempotency_conflict` (the id was used for another account or amount); `NotFound`
+    /// for an unknown account. Transfers (`abs_transfer`) check their debits against the
+    /// available balance too.
+    async fn abs_hold(&self, hold: &AbsHold) -> Result<AbsHoldResult, StoreError>;
+    /// Captures a hold with `transfer` in one transaction: the transfer's debit of the held
+    /// account is at most the hold (`capture_exceeds_hold`), the hold ends (its rest is
+    /// released). A repeated capture with the same transfer answers the first result;
+    /// `hold_captured` / `hold_released` when it ended otherwise; `NotFound` if unknown.
+    async fn abs_capture(
+        &self,
+        hold_id: &str,
+        transfer: &AbsTransfer,
+    ) -> Result<AbsTransferResult, StoreError>;
+    /// Releases a hold; `Ok(false)` if it was already released (idempotent),
+    /// `hold_captured` if it was captured, `NotFound` if unknown.
+    async fn abs_release(&self, hold_id: &str) -> Result<bool, StoreError>;
 }
 
 /// Everything a node needs from its store.

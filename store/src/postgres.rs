@@ -80,6 +80,7 @@ mod queries {
     const FOR_UPDATE: &str = " FOR UPDATE";
     include!("queries.rs");
     include!("schedule_queries.rs");
+    include!("hold_queries.rs");
 }
 
 type Backend = PgStore;

@@ -1152,7 +1152,13 @@ pub(crate) async fn abs_transfer(
         let balance_after = balance
             .checked_add(*delta)
             .ok_or(StoreError::Refused("amount_out_of_range"))?;
-        if *delta < 0 && balance_after < *floor {
+        // A debit is checked against the available balance: what holds reserve is spoken for.
+        let held = if *delta < 0 {
+            held_minor(c, account_id).await?
+        } else {
+            0
+        };
+        if *delta < 0 && balance_after.saturating_sub(held) < *floor {
             return Err(StoreError::Refused("insufficient_funds"));
         }
         after.insert(account_id, (customer_id, kind, currency, balance_after));

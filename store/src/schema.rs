@@ -321,7 +321,8 @@ CREATE TABLE abs_card_pans (
 
 /// The index of clock-driven autopayments (both backends): when each runs next. Written in
 /// the same transaction as the `autopayment_saved` / `autopayment_deleted` journal events;
-/// each node's scheduler scans the due rows of the partitions it owns.
+/// each node's scheduler scans the due rows of the partitions it owns. And the reference
+/// ABS's holds (authorizations): `held` until `captured` (by `transfer_id`) or `released`.
 const AUTOPAY_SCHEDULE_V6: &str = r#"
 CREATE TABLE autopay_schedule (
     customer_id TEXT NOT NULL,
@@ -331,6 +332,15 @@ CREATE TABLE autopay_schedule (
     PRIMARY KEY (customer_id, autopayment_id)
 );
 CREATE INDEX autopay_schedule_due ON autopay_schedule (partition_no, next_run_ms);
+CREATE TABLE abs_holds (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES abs_products (id),
+    amount_minor BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    transfer_id TEXT,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX abs_holds_account ON abs_holds (account_id, state);
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

@@ -102,6 +102,7 @@ mod queries {
     const FOR_UPDATE: &str = "";
     include!("queries.rs");
     include!("schedule_queries.rs");
+    include!("hold_queries.rs");
 }
 
 type Backend = SqliteStore;

@@ -494,6 +494,43 @@ impl kernel::store::AbsStore for Backend {
         }
     }
 
+    async fn abs_hold(
+        &self,
+        hold: &kernel::store::AbsHold,
+    ) -> Result<kernel::store::AbsHoldResult, kernel::store::StoreError> {
+        for _ in 0..2 {
+            let owned = hold.clone();
+            match self
+                .write(move |c| Box::pin(async move { queries::abs_hold(c, &owned).await }))
+                .await
+            {
+                // A concurrent duplicate inserted first: the next attempt finds it.
+                Err(kernel::store::StoreError::Duplicate) => continue,
+                other => return other,
+            }
+        }
+        Err(kernel::store::StoreError::Duplicate)
+    }
+
+    async fn abs_capture(
+        &self,
+        hold_id: &str,
+        transfer: &kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
+        queries::validate_transfer(transfer)?;
+        let (hold_id, transfer) = (hold_id.to_owned(), transfer.clone());
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_capture(c, &hold_id, &transfer).await })
+        })
+        .await
+    }
+
+    async fn abs_release(&self, hold_id: &str) -> Result<bool, kernel::store::StoreError> {
+        let hold_id = hold_id.to_owned();
+        self.write(move |c| Box::pin(async move { queries::abs_release(c, &hold_id).await }))
+            .await
+    }
+
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, kernel::store::StoreError> {
         self.read(move |c| Box::pin(async move { queries::abs_ledger_sums(c).await }))
             .await

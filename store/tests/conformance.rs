@@ -126,6 +126,8 @@ conformance!(
     abs_card_pans_find_their_customer,
     phone_change_moves_phone_and_login_once,
     autopay_schedule_follows_commits_and_advances_once,
+    abs_holds_reserve_capture_and_release,
+    abs_concurrent_holds_never_exceed_the_balance,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -1607,4 +1609,110 @@ async fn autopay_schedule_follows_commits_and_advances_once(store: Arc<dyn Store
         due(vec![3, 5], i64::MAX, 10).await,
         vec![row("c2", "ap3", 2_000)]
     );
+}
+
+// ---- holds (authorize → capture / release) ------------------------------------------------
+
+fn hold(id: &str, account: &str, amount: i64) -> kernel::store::AbsHold {
+    kernel::store::AbsHold {
+        id: id.into(),
+        account_id: account.into(),
+        amount_minor: amount,
+        floor_minor: 0,
+    }
+}
+
+async fn abs_holds_reserve_capture_and_release(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    // acc1 has 100.00. A 60.00 hold leaves 40.00 available; the balance is unchanged.
+    let first = store.abs_hold(&hold("h1", "acc1", 60_00)).await.unwrap();
+    assert_eq!((first.available_minor, first.duplicate), (40_00, false));
+    assert_eq!(account_balance(&*store, "acc1").await, 100_00);
+    // Idempotent by id; the id with other terms is a conflict.
+    let again = store.abs_hold(&hold("h1", "acc1", 60_00)).await.unwrap();
+    assert_eq!((again.available_minor, again.duplicate), (40_00, true));
+    assert_eq!(
+        store.abs_hold(&hold("h1", "acc1", 1_00)).await,
+        Err(StoreError::Refused("idempotency_conflict"))
+    );
+    // What is held is spoken for: neither a second hold nor a transfer may take it.
+    assert_eq!(
+        store.abs_hold(&hold("h2", "acc1", 40_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    let pay = |id: &str, amount: i64| {
+        transfer(
+            id,
+            vec![leg("acc1", -amount, "RUB"), leg("acc2", amount, "RUB")],
+        )
+    };
+    assert_eq!(
+        store.abs_transfer(&pay("t-over", 40_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    store.abs_transfer(&pay("t-ok", 10_00)).await.unwrap();
+    assert_eq!(
+        store.abs_hold(&hold("h9", "nope", 1)).await,
+        Err(StoreError::NotFound)
+    );
+
+    // Capture 55.00 of the 60.00 hold: the rest is released with it.
+    let captured = store.abs_capture("h1", &pay("cap-1", 55_00)).await.unwrap();
+    assert!(!captured.duplicate);
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    let replay = store.abs_capture("h1", &pay("cap-1", 55_00)).await.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    assert_eq!(
+        store.abs_capture("h1", &pay("cap-2", 1_00)).await,
+        Err(StoreError::Refused("hold_captured"))
+    );
+    assert_eq!(
+        store.abs_release("h1").await,
+        Err(StoreError::Refused("hold_captured"))
+    );
+    // All 35.00 is available again.
+    let h2 = store.abs_hold(&hold("h2", "acc1", 35_00)).await.unwrap();
+    assert_eq!(h2.available_minor, 0);
+    // More than the hold cannot be captured; nothing changes.
+    assert_eq!(
+        store.abs_capture("h2", &pay("cap-3", 35_01)).await,
+        Err(StoreError::Refused("capture_exceeds_hold"))
+    );
+    // Released: the money is available, twice is fine, a capture after is refused.
+    assert_eq!(store.abs_release("h2").await, Ok(true));
+    assert_eq!(store.abs_release("h2").await, Ok(false));
+    assert_eq!(
+        store.abs_capture("h2", &pay("cap-4", 1_00)).await,
+        Err(StoreError::Refused("hold_released"))
+    );
+    assert_eq!(store.abs_release("nope").await, Err(StoreError::NotFound));
+    assert_eq!(
+        store
+            .abs_hold(&hold("h3", "acc1", 35_00))
+            .await
+            .unwrap()
+            .available_minor,
+        0
+    );
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    assert_sums_zero(&*store).await;
+}
+
+async fn abs_concurrent_holds_never_exceed_the_balance(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    // Ten holds of 30.00 on 100.00 at once: exactly three succeed.
+    let mut set = JoinSet::new();
+    for i in 0..10 {
+        let store = store.clone();
+        set.spawn(async move { store.abs_hold(&hold(&format!("c{i}"), "acc1", 30_00)).await });
+    }
+    let mut ok = 0;
+    while let Some(result) = set.join_next().await {
+        match result.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e, StoreError::Refused("insufficient_funds")),
+        }
+    }
+    assert_eq!(ok, 3);
 }

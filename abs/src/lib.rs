@@ -14,6 +14,8 @@
 //!   published as Cache Control changes to every customer it touches.
 //! - [`rates`]: buy/sell rates per currency pair, changed live (`Abs::set_rates`, published
 //!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
+//! - [`holds`]: `abs.cmd.hold.authorize` / `capture` / `release` (card processing), persisted
+//!   by the store; a capture is published like a payment.
 //! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
 //!   honoured by `abs.cmd.payment` when a conversion carries one.
 //!
@@ -33,6 +35,7 @@ use serde_json::{Value, json};
 
 pub mod cards;
 pub mod demo;
+pub mod holds;
 pub mod ledger;
 mod payments;
 pub mod quotes;
@@ -105,6 +108,14 @@ pub struct Abs {
     /// The HMAC key of quotes, from the store's secrets (the same on every node).
     quote_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
     quote_validity: time::Duration,
+}
+
+/// Which `abs.cmd.*` a request came on.
+#[derive(Clone, Copy, Debug)]
+enum Command {
+    Customer,
+    Payment,
+    Hold(holds::HoldOp),
 }
 
 /// Commands served at once per node; more wait on the bus.
@@ -352,17 +363,28 @@ impl Abs {
         }))
     }
 
-    /// Answers `abs.cmd.customer.get` and `abs.cmd.payment` on the bus until the bus
-    /// closes. Every node runs it in a queue group, so any node's ABS answers.
+    /// Answers `abs.cmd.customer.get`, `abs.cmd.payment` and `abs.cmd.hold.*` on the bus
+    /// until the bus closes. Every node runs it in a queue group, so any node's ABS answers.
     pub async fn serve(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
         let customers = bus
             .queue_subscribe(&subjects::abs_command("customer.get"), "abs")
             .await?
-            .map(|m| (false, m));
+            .map(|m| (Command::Customer, m));
         let payments = bus
             .queue_subscribe(&subjects::abs_command("payment"), "abs")
             .await?
-            .map(|m| (true, m));
+            .map(|m| (Command::Payment, m));
+        let mut holds = Vec::new();
+        for (name, op) in [
+            ("hold.authorize", holds::HoldOp::Authorize),
+            ("hold.capture", holds::HoldOp::Capture),
+            ("hold.release", holds::HoldOp::Release),
+        ] {
+            let subscription = bus
+                .queue_subscribe(&subjects::abs_command(name), "abs")
+                .await?;
+            holds.push(subscription.map(move |m| (Command::Hold(op), m)));
+        }
         // A joining node's ABS asks for the current rates. Every node hears the question
         // (no queue group) and those that hold a set newer than the demo one answer; the
         // first answer wins, and `abs.rates` corrects any race later.
@@ -382,9 +404,12 @@ impl Abs {
                 }
             }
         }));
-        let mut requests = futures::stream::select(customers, payments);
+        let mut requests = futures::stream::select(
+            futures::stream::select(customers, payments),
+            futures::stream::select_all(holds),
+        );
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
-        while let Some((payment, message)) = requests.next().await {
+        while let Some((command, message)) = requests.next().await {
             let Some(reply) = message.reply else { continue };
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
@@ -392,10 +417,10 @@ impl Abs {
             let abs = self.clone();
             let bus = bus.clone();
             tokio::spawn(async move {
-                let answer = if payment {
-                    abs.answer_payment(&message.payload).await
-                } else {
-                    abs.answer_customer_get(&message.payload).await
+                let answer = match command {
+                    Command::Payment => abs.answer_payment(&message.payload).await,
+                    Command::Customer => abs.answer_customer_get(&message.payload).await,
+                    Command::Hold(op) => abs.answer_hold(op, &message.payload).await,
                 };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
                 drop(permit);

@@ -28,7 +28,7 @@ fn err(code: &str, detail: impl Into<String>) -> CommandError {
     CommandError::new(code, detail)
 }
 
-fn store_err(error: StoreError) -> CommandError {
+pub(crate) fn store_err(error: StoreError) -> CommandError {
     match error {
         StoreError::NotFound => err("account_not_found", "no such account"),
         StoreError::Refused(code) => err(code, code.replace('_', " ")),
@@ -38,7 +38,7 @@ fn store_err(error: StoreError) -> CommandError {
 
 /// The floor of a product: customers' accounts may not go negative (an `overdraft` in the
 /// details lowers it), the bank's own accounts and loans have none.
-fn floor(product: &AbsProduct) -> i64 {
+pub(crate) fn floor(product: &AbsProduct) -> i64 {
     match product.kind.as_str() {
         "internal" | "loan" => i64::MIN,
         _ => product
@@ -56,6 +56,16 @@ fn currency_of(product: &AbsProduct) -> Result<Currency, CommandError> {
 impl Abs {
     /// Executes a payment order (idempotent by its id).
     pub async fn pay(&self, command: &PaymentCommand) -> Result<PaymentReceipt, CommandError> {
+        self.pay_or_capture(command, None).await
+    }
+
+    /// A payment order, or (with `hold_id`) the capture of a hold: the same transfer,
+    /// written by `abs_capture` so the debit is at most the hold and the hold ends with it.
+    pub(crate) async fn pay_or_capture(
+        &self,
+        command: &PaymentCommand,
+        hold_id: Option<&str>,
+    ) -> Result<PaymentReceipt, CommandError> {
         if command.id.is_empty() || command.id.len() > 100 {
             return Err(err("invalid_command", "id must be 1 to 100 characters"));
         }
@@ -222,7 +232,14 @@ impl Abs {
             description: command.description.clone(),
             counterparty: payee.clone(),
         };
-        let result = store.abs_transfer(&transfer).await.map_err(store_err)?;
+        let result = match hold_id {
+            Some(hold_id) => store.abs_capture(hold_id, &transfer).await,
+            None => store.abs_transfer(&transfer).await,
+        }
+        .map_err(|e| match e {
+            StoreError::NotFound if hold_id.is_some() => err("hold_not_found", "no such hold"),
+            other => store_err(other),
+        })?;
 
         // Changes for every customer leg: a transaction per leg, then each account's balance.
         let fee_legs = if fee.is_some() { 2 } else { 0 };

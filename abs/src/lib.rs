@@ -180,10 +180,11 @@ impl Abs {
             version,
             rates: Arc::new(new),
         };
-        self.adopt_rates(set.clone());
+        // Published first: if the bus refuses, nothing changed anywhere.
         bus.publish(subjects::ABS_RATES, Bytes::from(set.to_json().to_string()))
             .await
             .map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        self.adopt_rates(set.clone());
         Ok(set)
     }
 

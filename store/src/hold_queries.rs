@@ -3,17 +3,15 @@
 
 use kernel::store::{AbsHold, AbsHoldResult};
 
-/// What active holds reserve on an account.
-pub(crate) async fn held_minor(c: &mut Conn, account_id: &str) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM abs_holds
-         WHERE account_id = $1 AND state = 'held'",
-    )
-    .bind(account_id)
-    .fetch_one(&mut *c)
-    .await
-    .map_err(db_err)?;
-    col(&row, 0)
+/// Moves an account's reserved total (`abs_products.held_minor`) by `delta`.
+async fn add_held(c: &mut Conn, account_id: &str, delta: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE abs_products SET held_minor = held_minor + $2 WHERE id = $1")
+        .bind(account_id)
+        .bind(delta)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }
 
 pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResult, StoreError> {
@@ -22,7 +20,9 @@ pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResu
     }
     // The account row first (locked on PostgreSQL): holds and transfers of one account
     // apply one after another, so two authorizations cannot both take the last money.
-    let sql = format!("SELECT balance_minor, status FROM abs_products WHERE id = $1{FOR_UPDATE}");
+    let sql = format!(
+        "SELECT balance_minor, status, held_minor FROM abs_products WHERE id = $1{FOR_UPDATE}"
+    );
     let Some(account) = sqlx::query(&sql)
         .bind(&hold.account_id)
         .fetch_optional(&mut *c)
@@ -33,6 +33,7 @@ pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResu
     };
     let balance: i64 = col(&account, 0)?;
     let status: String = col(&account, 1)?;
+    let held: i64 = col(&account, 2)?;
     let existing = sqlx::query("SELECT account_id, amount_minor FROM abs_holds WHERE id = $1")
         .bind(&hold.id)
         .fetch_optional(&mut *c)
@@ -44,7 +45,6 @@ pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResu
         if account_id != hold.account_id || amount_minor != hold.amount_minor {
             return Err(StoreError::Refused("idempotency_conflict"));
         }
-        let held = held_minor(c, &hold.account_id).await?;
         return Ok(AbsHoldResult {
             available_minor: balance.saturating_sub(held),
             duplicate: true,
@@ -53,7 +53,6 @@ pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResu
     if status != "active" {
         return Err(StoreError::Refused("account_closed"));
     }
-    let held = held_minor(c, &hold.account_id).await?;
     let available = balance
         .saturating_sub(held)
         .checked_sub(hold.amount_minor)
@@ -72,6 +71,7 @@ pub(crate) async fn abs_hold(c: &mut Conn, hold: &AbsHold) -> Result<AbsHoldResu
     .execute(&mut *c)
     .await
     .map_err(db_err)?;
+    add_held(c, &hold.account_id, hold.amount_minor).await?;
     Ok(AbsHoldResult {
         available_minor: available,
         duplicate: false,
@@ -120,19 +120,20 @@ pub(crate) async fn abs_capture(
     if debit == 0 || debit > amount_minor {
         return Err(StoreError::Refused("capture_exceeds_hold"));
     }
-    // The hold ends first, so the transfer's funds check no longer counts it as reserved;
-    // if the transfer is refused, the whole write (this update too) rolls back.
+    // The hold ends with the transfer: its funds check does not count the hold, and the
+    // account's reserved total drops in the transfer's own row update (no extra row lock out
+    // of id order). If the transfer is refused, the whole write rolls back.
     sqlx::query("UPDATE abs_holds SET state = 'captured', transfer_id = $2 WHERE id = $1")
         .bind(hold_id)
         .bind(&transfer.id)
         .execute(&mut *c)
         .await
         .map_err(db_err)?;
-    abs_transfer(c, transfer).await
+    abs_transfer_releasing(c, transfer, Some((&account_id, amount_minor))).await
 }
 
 pub(crate) async fn abs_release(c: &mut Conn, hold_id: &str) -> Result<bool, StoreError> {
-    let (_, _, state, _) = hold_row(c, hold_id).await?;
+    let (account_id, amount_minor, state, _) = hold_row(c, hold_id).await?;
     match state.as_str() {
         "released" => Ok(false),
         "captured" => Err(StoreError::Refused("hold_captured")),
@@ -142,6 +143,7 @@ pub(crate) async fn abs_release(c: &mut Conn, hold_id: &str) -> Result<bool, Sto
                 .execute(&mut *c)
                 .await
                 .map_err(db_err)?;
+            add_held(c, &account_id, -amount_minor).await?;
             Ok(true)
         }
     }

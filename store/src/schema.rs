@@ -322,7 +322,9 @@ CREATE TABLE abs_card_pans (
 /// The index of clock-driven autopayments (both backends): when each runs next. Written in
 /// the same transaction as the `autopayment_saved` / `autopayment_deleted` journal events;
 /// each node's scheduler scans the due rows of the partitions it owns. And the reference
-/// ABS's holds (authorizations): `held` until `captured` (by `transfer_id`) or `released`.
+/// ABS's holds (authorizations): `held` until `captured` (by `transfer_id`) or `released`;
+/// `abs_products.held_minor` is the sum of an account's active holds, kept in the same
+/// writes, so a transfer's funds check reads it with the locked account row.
 const AUTOPAY_SCHEDULE_V6: &str = r#"
 CREATE TABLE autopay_schedule (
     customer_id TEXT NOT NULL,
@@ -341,6 +343,7 @@ CREATE TABLE abs_holds (
     at_ms BIGINT NOT NULL
 );
 CREATE INDEX abs_holds_account ON abs_holds (account_id, state);
+ALTER TABLE abs_products ADD COLUMN held_minor BIGINT NOT NULL DEFAULT 0;
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

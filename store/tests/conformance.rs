@@ -1679,6 +1679,23 @@ async fn abs_holds_reserve_capture_and_release(store: Arc<dyn Store>) {
         store.abs_capture("h2", &pay("cap-3", 35_01)).await,
         Err(StoreError::Refused("capture_exceeds_hold"))
     );
+    // A capture the transfer refuses (no such payee account) leaves the hold held.
+    assert_eq!(
+        store
+            .abs_capture(
+                "h2",
+                &transfer(
+                    "cap-x",
+                    vec![leg("acc1", -1_00, "RUB"), leg("nope", 1_00, "RUB")]
+                )
+            )
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.abs_hold(&hold("h-more", "acc1", 1)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
     // Released: the money is available, twice is fine, a capture after is refused.
     assert_eq!(store.abs_release("h2").await, Ok(true));
     assert_eq!(store.abs_release("h2").await, Ok(false));

@@ -128,6 +128,7 @@ conformance!(
     autopay_schedule_follows_commits_and_advances_once,
     abs_holds_reserve_capture_and_release,
     abs_concurrent_holds_never_exceed_the_balance,
+    abs_random_holds_and_transfers_keep_the_invariants,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -1732,4 +1733,103 @@ async fn abs_concurrent_holds_never_exceed_the_balance(store: Arc<dyn Store>) {
         }
     }
     assert_eq!(ok, 3);
+}
+
+/// Random authorizations, captures, releases and transfers (ids repeat: replays): the legs
+/// sum to zero, and no customer account's balance less its active holds goes below zero.
+async fn abs_random_holds_and_transfers_keep_the_invariants(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let accounts = ["acc1", "acc2"];
+    // The test's own model of the active holds: id → (account, amount).
+    let mut active: std::collections::BTreeMap<String, (&str, i64)> = Default::default();
+    // How many holds, captures and releases took effect: the sequence must exercise each.
+    let mut done = [0u32; 3];
+    for step in 0..80 {
+        let account = accounts[next(2) as usize];
+        let other = if account == "acc1" { "acc2" } else { "acc1" };
+        let amount = 1 + next(40_00) as i64;
+        let before = all_balances(&*store).await;
+        match next(4) {
+            0 => {
+                let id = format!("h{}", next(20));
+                match store.abs_hold(&hold(&id, account, amount)).await {
+                    Ok(r) if !r.duplicate => {
+                        active.insert(id, (account, amount));
+                        done[0] += 1;
+                    }
+                    Ok(_) | Err(StoreError::Refused(_)) => {}
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+            1 => {
+                let id = format!("h{}", next(20));
+                let Some((held_on, _)) = active.get(&id).copied() else {
+                    continue;
+                };
+                let target = if held_on == "acc1" { "acc2" } else { "acc1" };
+                let t = transfer(
+                    &format!("cap{step}"),
+                    vec![leg(held_on, -amount, "RUB"), leg(target, amount, "RUB")],
+                );
+                match store.abs_capture(&id, &t).await {
+                    Ok(_) => {
+                        active.remove(&id);
+                        done[1] += 1;
+                    }
+                    Err(StoreError::Refused(_)) => assert_eq!(all_balances(&*store).await, before),
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+            2 => {
+                let id = format!("h{}", next(20));
+                match store.abs_release(&id).await {
+                    Ok(released) => {
+                        if active.remove(&id).is_some() {
+                            assert!(released, "step {step}: an active hold was released");
+                            done[2] += 1;
+                        }
+                    }
+                    Err(StoreError::Refused(_)) | Err(StoreError::NotFound) => {}
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+                assert_eq!(all_balances(&*store).await, before);
+            }
+            _ => {
+                let t = transfer(
+                    &format!("t{}", next(30)),
+                    vec![leg(account, -amount, "RUB"), leg(other, amount, "RUB")],
+                );
+                match store.abs_transfer(&t).await {
+                    Ok(r) if r.duplicate => assert_eq!(all_balances(&*store).await, before),
+                    Ok(_) => {}
+                    Err(StoreError::Refused(_)) => assert_eq!(all_balances(&*store).await, before),
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+        }
+        for account in accounts {
+            let held: i64 = active
+                .values()
+                .filter(|(a, _)| *a == account)
+                .map(|(_, amount)| amount)
+                .sum();
+            let balance = account_balance(&*store, account).await;
+            assert!(
+                balance - held >= 0,
+                "step {step}: {account} {balance} - {held}"
+            );
+        }
+        assert_sums_zero(&*store).await;
+    }
+    assert!(
+        done.iter().all(|n| *n > 0),
+        "holds, captures, releases: {done:?}"
+    );
 }

@@ -118,6 +118,9 @@ enum Command {
     Hold(holds::HoldOp),
 }
 
+/// How often a node re-reads the stored rates (a safety net for a lost `abs.rates` message).
+const RATES_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Commands served at once per node; more wait on the bus.
 const COMMAND_CONCURRENCY: usize = 256;
 
@@ -165,8 +168,8 @@ impl Abs {
         }
     }
 
-    /// The treasury sets new rates: checked (pure, `rates::validate`), adopted here and
-    /// published on `abs.rates` so every node's ABS follows at once.
+    /// The treasury sets new rates: checked (pure, `rates::validate`), stored, adopted here
+    /// and published on `abs.rates` so every node's ABS follows at once.
     pub async fn set_rates(
         &self,
         bus: &dyn Bus,
@@ -180,47 +183,62 @@ impl Abs {
             version,
             rates: Arc::new(new),
         };
-        // Published first: if the bus refuses, nothing changed anywhere.
-        bus.publish(subjects::ABS_RATES, Bytes::from(set.to_json().to_string()))
+        // Stored first (the system of record: a restarted node reads it), then published.
+        let body = set.to_json().to_string();
+        let saved = self
+            .store
+            .abs_save_rate_set(version, &body)
             .await
             .map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        if !saved {
+            return Err(AbsError::Invalid(
+                "a newer rate set was saved meanwhile".into(),
+            ));
+        }
         self.adopt_rates(set.clone());
+        // A lost message is caught up by the periodic reload in `follow_rates`.
+        if let Err(error) = bus.publish(subjects::ABS_RATES, Bytes::from(body)).await {
+            tracing::warn!(%error, "rates saved but not published; nodes reload them");
+        }
         Ok(set)
     }
 
-    /// Follows the rates published on `abs.rates` (any node's change) until the bus closes.
-    /// At start it asks the other nodes for theirs (`abs.cmd.rates.get`), so a node that
-    /// joins later quotes what the others quote.
+    /// Follows the rates: the stored set at start, every set published on `abs.rates` (any
+    /// node's change) at once, and the stored set again every `RATES_RELOAD` in case a
+    /// message was lost. Runs until the bus closes.
     pub async fn follow_rates(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
         let mut changes = bus.subscribe(subjects::ABS_RATES).await?;
-        // Asked beside the following, so a change published meanwhile is not held up by a
-        // question nobody answers (nodes with the demo rates stay silent); the newer set wins.
-        let (abs, asking) = (self.clone(), bus.clone());
-        tokio::spawn(async move {
-            let ask = asking
-                .request(
-                    &subjects::abs_command("rates.get"),
-                    Bytes::new(),
-                    std::time::Duration::from_secs(2),
-                )
-                .await;
-            if let Ok(answer) = ask
-                && let Some(set) = rates::RateSet::from_json(&answer)
-            {
-                abs.adopt_rates(set);
-            }
-        });
-        while let Some(message) = changes.next().await {
-            match rates::RateSet::from_json(&message.payload) {
-                Some(set) => {
-                    if self.adopt_rates(set) {
-                        tracing::info!("rates changed");
+        let mut reload = tokio::time::interval(RATES_RELOAD);
+        loop {
+            tokio::select! {
+                _ = reload.tick() => self.reload_rates().await,
+                message = changes.next() => {
+                    let Some(message) = message else { return Ok(()) };
+                    match rates::RateSet::from_json(&message.payload) {
+                        Some(set) => {
+                            if self.adopt_rates(set) {
+                                tracing::info!("rates changed");
+                            }
+                        }
+                        None => tracing::warn!("ignored a malformed rate set on abs.rates"),
                     }
                 }
-                None => tracing::warn!("ignored a malformed rate set on abs.rates"),
             }
         }
-        Ok(())
+    }
+
+    /// Adopts the stored rate set if it is newer than the current one.
+    async fn reload_rates(&self) {
+        match self.store.abs_rate_set().await {
+            Ok(Some((_, body))) => match rates::RateSet::from_json(body.as_bytes()) {
+                Some(set) => {
+                    self.adopt_rates(set);
+                }
+                None => tracing::warn!("the stored rate set is malformed"),
+            },
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "rates not reloaded"),
+        }
     }
 
     async fn quote_key(&self) -> Result<&[u8], AbsError> {
@@ -386,25 +404,6 @@ impl Abs {
                 .await?;
             holds.push(subscription.map(move |m| (Command::Hold(op), m)));
         }
-        // A joining node's ABS asks for the current rates. Every node hears the question
-        // (no queue group) and those that hold a set newer than the demo one answer; the
-        // first answer wins, and `abs.rates` corrects any race later.
-        let rate_asks = bus.subscribe(&subjects::abs_command("rates.get")).await?;
-        let abs = self.clone();
-        let answering = bus.clone();
-        tokio::spawn(rate_asks.for_each(move |message| {
-            let (abs, bus) = (abs.clone(), answering.clone());
-            async move {
-                let set = abs.current_rates();
-                if let Some(reply) = message.reply
-                    && set.version > 0
-                {
-                    let _ = bus
-                        .publish(&reply, Bytes::from(set.to_json().to_string()))
-                        .await;
-                }
-            }
-        }));
         let mut requests = futures::stream::select(
             futures::stream::select(customers, payments),
             futures::stream::select_all(holds),

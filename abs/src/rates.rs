@@ -69,7 +69,7 @@ impl RateSet {
         }
     }
 
-    /// The bus form (`abs.rates`, `abs.cmd.rates.get`): `{"version", "items": [...]}`.
+    /// The bus and stored form (`abs.rates`, `abs_rate_sets`): `{"version", "items": [...]}`.
     pub fn to_json(&self) -> Value {
         let mut value = rates_json(&self.rates);
         value["version"] = json!(self.version);

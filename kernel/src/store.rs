@@ -523,6 +523,10 @@ pub trait AbsStore: Send + Sync + 'static {
     /// Releases a hold; `Ok(false)` if it was already released (idempotent),
     /// `hold_captured` if it was captured, `NotFound` if unknown.
     async fn abs_release(&self, hold_id: &str) -> Result<bool, StoreError>;
+    /// The current rate set (its version and its JSON), if the treasury ever set one.
+    async fn abs_rate_set(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// Saves a rate set if its version is newer than the stored one; whether it did.
+    async fn abs_save_rate_set(&self, version: i64, body: &str) -> Result<bool, StoreError>;
 }
 
 /// Everything a node needs from its store.

@@ -324,7 +324,8 @@ CREATE TABLE abs_card_pans (
 /// each node's scheduler scans the due rows of the partitions it owns. And the reference
 /// ABS's holds (authorizations): `held` until `captured` (by `transfer_id`) or `released`;
 /// `abs_products.held_minor` is the sum of an account's active holds, kept in the same
-/// writes, so a transfer's funds check reads it with the locked account row.
+/// writes, so a transfer's funds check reads it with the locked account row. And the ABS's
+/// current rate set (one row), so every node, and a restarted one, quotes the same rates.
 const AUTOPAY_SCHEDULE_V6: &str = r#"
 CREATE TABLE autopay_schedule (
     customer_id TEXT NOT NULL,
@@ -344,6 +345,11 @@ CREATE TABLE abs_holds (
 );
 CREATE INDEX abs_holds_account ON abs_holds (account_id, state);
 ALTER TABLE abs_products ADD COLUMN held_minor BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE abs_rate_sets (
+    id BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

@@ -103,6 +103,7 @@ mod queries {
     include!("queries.rs");
     include!("schedule_queries.rs");
     include!("hold_queries.rs");
+    include!("rate_queries.rs");
 }
 
 type Backend = SqliteStore;

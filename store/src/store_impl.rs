@@ -531,6 +531,23 @@ impl kernel::store::AbsStore for Backend {
             .await
     }
 
+    async fn abs_rate_set(&self) -> Result<Option<(i64, String)>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::abs_rate_set(c).await }))
+            .await
+    }
+
+    async fn abs_save_rate_set(
+        &self,
+        version: i64,
+        body: &str,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let body = body.to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_save_rate_set(c, version, &body).await })
+        })
+        .await
+    }
+
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, kernel::store::StoreError> {
         self.read(move |c| Box::pin(async move { queries::abs_ledger_sums(c).await }))
             .await

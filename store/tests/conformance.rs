@@ -129,6 +129,7 @@ conformance!(
     abs_holds_reserve_capture_and_release,
     abs_concurrent_holds_never_exceed_the_balance,
     abs_random_holds_and_transfers_keep_the_invariants,
+    abs_rate_set_is_replaced_only_by_a_newer_one,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -1832,4 +1833,22 @@ async fn abs_random_holds_and_transfers_keep_the_invariants(store: Arc<dyn Store
         done.iter().all(|n| *n > 0),
         "holds, captures, releases: {done:?}"
     );
+}
+
+async fn abs_rate_set_is_replaced_only_by_a_newer_one(store: Arc<dyn Store>) {
+    assert_eq!(store.abs_rate_set().await.unwrap(), None);
+    assert!(store.abs_save_rate_set(5, "{\"v\":5}").await.unwrap());
+    assert!(!store.abs_save_rate_set(4, "{\"v\":4}").await.unwrap());
+    assert!(
+        !store
+            .abs_save_rate_set(5, "{\"v\":\"again\"}")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.abs_rate_set().await.unwrap(),
+        Some((5, "{\"v\":5}".to_owned()))
+    );
+    assert!(store.abs_save_rate_set(6, "{\"v\":6}").await.unwrap());
+    assert_eq!(store.abs_rate_set().await.unwrap().map(|(v, _)| v), Some(6));
 }

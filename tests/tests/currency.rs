@@ -1,7 +1,7 @@
 //! End-to-end currency with the real binary: quotes (`POST /v1/quotes`) honoured by
 //! conversions at the quoted rate on any node, with their refusals (expired, another
 //! customer's, reused, altered, another amount); live rate changes of the reference ABS
-//! (`PUT /admin/v1/abs/rates`, published on `abs.rates`) followed by every node.
+//! (`PUT /admin/v1/abs/rates`, stored, published on `abs.rates`) followed by every node.
 
 use std::time::Duration;
 
@@ -245,6 +245,20 @@ async fn a_quote_converts_once_at_its_rate_and_bad_quotes_change_nothing() {
         usd_buy_rate(&client, &token).await.as_deref(),
         Some("80.000000")
     );
+
+    // The rates are the store's: a restarted node quotes the same.
+    let mut node = node;
+    node.restart().await.expect("node restarts");
+    let client = node.client();
+    let token = client.login(n).await.unwrap();
+    eventually(
+        "the restarted node reads the stored rates",
+        WAIT,
+        || async {
+            (usd_buy_rate(&client, &token).await.as_deref() == Some("80.000000")).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -313,7 +327,7 @@ async fn a_rate_change_on_one_node_reaches_every_node_and_quotes_hold_across_nod
     assert_eq!(status, 201, "{paid}");
     assert_eq!(paid["rate"], "70.500000");
 
-    // A node that starts after the change asks the others and quotes the same.
+    // A node that starts after the change reads the stored set and quotes the same.
     let spec = NodeSpec::cluster(&nats.url(), &pg.url, "n2", &sms.url);
     let late = ArbatProcess::start(spec).await.expect("third node starts");
     eventually("the late node has the current rates", WAIT, || async {

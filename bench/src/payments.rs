@@ -1,0 +1,853 @@
+//! `arbat bench payments`: payments/s end to end (`POST /v1/payments` → customer actor →
+//! ABS ledger → feed → the payer's WebSocket `payment_status` frame), durability on, beside
+//! the ledger's own postings/s on the same store backend, measured in the same run.
+//!
+//! For each scenario ([`Shape`]: spread or hot account):
+//! - **closed loop** at each `--clients` level (e.g. 1, 8, 32): every client sends a payment,
+//!   waits for its answer and its frame, and sends the next. Completed payments/s per level
+//!   shows whether throughput grows with load; the highest is the scenario's maximum.
+//! - **ledger baseline** at the same levels: `abs::Abs::pay` in this process against a fresh
+//!   SQLite file or PostgreSQL database (seeded with the same demo customers), the same
+//!   transfer shape (phone transfer or biller with its fee), no HTTP, actor or feed.
+//! - **open loop** at half of the maximum (or `--rate`): payment `i` is due at
+//!   `start + i / rate` and sent then whatever is still in flight; latency counts from that
+//!   intended time (no coordinated omission). The aim of issue 5: p99 < 50 ms here.
+//!
+//! Warm-up is excluded from every figure (by send time, or intended send time). Every
+//! payment's answer is checked: only `completed` with its frame counts as a payment; every
+//! other status, problem code, transport failure or missing frame is counted and reported.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use kernel::change::{ChangeSink, SinkError, SubmitReport};
+use kernel::payment::{Destination, PaymentCommand};
+use kernel::{Change, Currency, Money};
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+
+use crate::clients::{Clock, Customer, Sink};
+use crate::cluster::TempDir;
+use crate::payclient::{
+    self, HOT_ACCOUNT, HostMode, Measured, PhaseAccount, PhaseLatency, Shape, Target, Tally,
+    Tracker, UTILITY_FEE_MINOR,
+};
+use crate::publisher::Schedule;
+
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct PaymentsArgs {
+    /// The self-hosted node's store and bus.
+    #[arg(long, value_enum, default_value_t = HostMode::Embedded)]
+    pub mode: HostMode,
+    /// The `arbat` binary to self-host [default: this executable].
+    #[arg(long)]
+    pub arbat_bin: Option<PathBuf>,
+    /// A running node (http://host:port) instead of self-hosting. Its rate limits apply.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The ledger baseline's database: a scratch PostgreSQL database (its ABS tables are
+    /// created and seeded) [default: a fresh one on ARBAT_TEST_PG in cluster mode, a fresh
+    /// SQLite file in embedded mode].
+    #[arg(long)]
+    pub ledger_database_url: Option<String>,
+    /// Scenarios, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Shape::Spread, Shape::Hot])]
+    pub scenario: Vec<Shape>,
+    /// Logins are `<prefix><n, 7 digits>` (demo customers trust every device).
+    #[arg(long, default_value = "+7999")]
+    pub login_prefix: String,
+    #[arg(long, default_value_t = 1)]
+    pub first_customer: u32,
+    /// Customers who pay (each with one WebSocket); at least 2.
+    #[arg(long, default_value_t = 100)]
+    pub customers: u32,
+    #[arg(long, default_value = "arbat-demo", hide_default_value = true)]
+    pub password: String,
+    /// Closed-loop concurrency levels (clients, each with one payment in flight).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    pub clients: Vec<usize>,
+    /// Open-loop payments/s [default: half of the scenario's closed-loop maximum].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Payments in flight at most in the open loop (a bound, not a pace).
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Amount of each payment, RUB (below the step-up threshold, 50 000.00).
+    #[arg(long, default_value = "1.00")]
+    pub amount: String,
+    /// Warm-up of each phase, seconds (excluded).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Measurement window of each phase, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Seconds to wait for a completed payment's frame before counting it missing.
+    #[arg(long, default_value_t = 10.0)]
+    pub frame_timeout: f64,
+    /// Partitions of a self-hosted cluster node.
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+    /// Skip the ledger baseline (no ratios).
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Folder for bench-payments.md and bench-payments.json.
+    #[arg(long, default_value = "target/bench-results")]
+    pub out: PathBuf,
+}
+
+impl PaymentsArgs {
+    fn validate(&self) -> anyhow::Result<Money> {
+        if self.customers < 2 {
+            bail!("--customers must be at least 2 (phone transfers go to another customer)");
+        }
+        if self.clients.is_empty() || self.clients.contains(&0) {
+            bail!("--clients takes positive concurrency levels, e.g. 1,8,32");
+        }
+        if self.scenario.is_empty() {
+            bail!("--scenario needs spread, hot or both");
+        }
+        if !(self.warmup >= 0.0 && self.duration > 0.0 && self.frame_timeout > 0.0) {
+            bail!("--warmup must be ≥ 0, --duration and --frame-timeout > 0");
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            bail!("--rate must be a positive number of payments/s");
+        }
+        let amount = Money::parse(&self.amount, Currency::parse("RUB")?)
+            .with_context(|| format!("--amount {:?} is not an amount in RUB", self.amount))?;
+        if amount.minor <= 0 || amount.minor >= 50_000_00 {
+            bail!("--amount must be above 0 and below the step-up threshold, 50000.00");
+        }
+        Ok(amount)
+    }
+}
+
+/// One closed-loop level: the node end to end beside the ledger alone.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadPoint {
+    pub clients: usize,
+    pub window_s: f64,
+    /// Completed payments (answer `completed` and frame received) per second.
+    pub payments_per_s: f64,
+    pub tally: Tally,
+    pub latency: PhaseLatency,
+    /// `Abs::pay` per second in this process on the same backend, same shape and clients.
+    pub ledger_postings_per_s: Option<f64>,
+    pub ledger_failures: u64,
+    pub ratio_to_ledger: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpenLoop {
+    pub target_per_s: f64,
+    pub window_s: f64,
+    pub payments_per_s: f64,
+    pub tally: Tally,
+    /// From each payment's intended send time.
+    pub latency: PhaseLatency,
+    /// p99 of intended send → frame below 50 ms (issue 5's aim).
+    pub p99_below_50_ms: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub closed_loop: Vec<LoadPoint>,
+    pub max_payments_per_s: f64,
+    /// Completed payments/s at the highest concurrency over the lowest.
+    pub growth_with_load: Option<f64>,
+    pub open_loop: Option<OpenLoop>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PaymentsReport {
+    pub command: String,
+    pub started_at: String,
+    pub cores: usize,
+    pub mode: String,
+    pub backend: String,
+    pub settings: serde_json::Value,
+    pub scenarios: Vec<ScenarioResult>,
+    pub notes: Vec<String>,
+}
+
+fn ms(summary: &crate::report::LatencySummary) -> String {
+    format!(
+        "{:.1} / {:.1} / {:.1}",
+        summary.p50_ms, summary.p99_ms, summary.p999_ms
+    )
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
+}
+
+impl PaymentsReport {
+    pub fn markdown(&self) -> String {
+        let mut md = String::from("# Arbat payments benchmark\n\n");
+        md.push_str(&format!(
+            "Run at {} on {} core(s), {}; store backend {}.\n\nReproduce:\n\n```sh\n{}\n```\n\n",
+            self.started_at, self.cores, self.mode, self.backend, self.command
+        ));
+        md.push_str("Payments end to end: `POST /v1/payments` → actor → ABS ledger → feed → the payer's `payment_status` frame. ");
+        md.push_str("Baseline: `abs::Abs::pay` in process on a fresh database of the same backend, same transfer shape and concurrency. ");
+        md.push_str("Latency p50 / p99 / p99.9 in ms; in the open loop from the intended send time.\n\n");
+        for s in &self.scenarios {
+            md.push_str(&format!("## Scenario `{}`\n\n", s.scenario));
+            md.push_str("| load | payments/s | ledger postings/s | ratio | answer ms | frame ms | not completed |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---|\n");
+            for p in &s.closed_loop {
+                md.push_str(&format!(
+                    "| closed, {} client(s) | {:.1} | {} | {} | {} | {} | {} |\n",
+                    p.clients,
+                    p.payments_per_s,
+                    opt(p.ledger_postings_per_s, 1),
+                    opt(p.ratio_to_ledger, 3),
+                    ms(&p.latency.answer),
+                    ms(&p.latency.frame),
+                    not_completed(&p.tally)
+                ));
+            }
+            if let Some(o) = &s.open_loop {
+                md.push_str(&format!(
+                    "| open, {:.1}/s | {:.1} | — | — | {} | {} | {} |\n",
+                    o.target_per_s,
+                    o.payments_per_s,
+                    ms(&o.latency.answer),
+                    ms(&o.latency.frame),
+                    not_completed(&o.tally)
+                ));
+            }
+            md.push('\n');
+            md.push_str(&format!(
+                "- maximum: {:.1} payments/s; growth from the lowest to the highest concurrency: {}×\n",
+                s.max_payments_per_s,
+                opt(s.growth_with_load, 2)
+            ));
+            if let Some(o) = &s.open_loop {
+                md.push_str(&format!(
+                    "- aim p99 < 50 ms at half of the maximum: {} (p99 {:.1} ms at {:.1}/s)\n",
+                    if o.p99_below_50_ms { "met" } else { "not met" },
+                    o.latency.frame.p99_ms,
+                    o.target_per_s
+                ));
+            }
+            md.push('\n');
+        }
+        if !self.notes.is_empty() {
+            md.push_str("## Notes\n\n");
+            for note in &self.notes {
+                md.push_str(&format!("- {note}\n"));
+            }
+        }
+        md.push_str("\n## Settings\n\n```json\n");
+        md.push_str(&serde_json::to_string_pretty(&self.settings).unwrap_or_default());
+        md.push_str("\n```\n");
+        md
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<8} {:<16} {:>11} {:>11} {:>7} {:>20} {:>20}  {}\n",
+            "scenario", "load", "payments/s", "ledger/s", "ratio", "answer p50/99/99.9", "frame p50/99/99.9", "not completed"
+        );
+        for s in &self.scenarios {
+            for p in &s.closed_loop {
+                out.push_str(&format!(
+                    "{:<8} {:<16} {:>11.1} {:>11} {:>7} {:>20} {:>20}  {}\n",
+                    s.scenario,
+                    format!("closed x{}", p.clients),
+                    p.payments_per_s,
+                    opt(p.ledger_postings_per_s, 1),
+                    opt(p.ratio_to_ledger, 3),
+                    ms(&p.latency.answer),
+                    ms(&p.latency.frame),
+                    not_completed(&p.tally)
+                ));
+            }
+            if let Some(o) = &s.open_loop {
+                out.push_str(&format!(
+                    "{:<8} {:<16} {:>11.1} {:>11} {:>7} {:>20} {:>20}  {}\n",
+                    s.scenario,
+                    format!("open {:.0}/s", o.target_per_s),
+                    o.payments_per_s,
+                    "—",
+                    "—",
+                    ms(&o.latency.answer),
+                    ms(&o.latency.frame),
+                    not_completed(&o.tally)
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn not_completed(tally: &Tally) -> String {
+    match tally.not_completed() {
+        0 => "0".into(),
+        n => format!("{n} ({})", tally.problems()),
+    }
+}
+
+/// Everything a payment phase needs.
+struct Ctx {
+    http: reqwest::Client,
+    base_url: String,
+    tracker: Arc<Tracker>,
+    customers: Vec<Customer>,
+    /// Phones (= logins) of the customers, aligned.
+    phones: Vec<String>,
+    amount: String,
+    run: String,
+    /// Payment sequence across phases (unique Idempotency-Keys).
+    next: AtomicU64,
+    frame_timeout: Duration,
+}
+
+impl Ctx {
+    async fn pay(&self, shape: Shape, i: u64, start_ns: u64) -> Measured {
+        let (payer, payee) = payclient::payer_and_payee(i, self.customers.len());
+        let body = payclient::payment_body(
+            shape,
+            i,
+            &self.customers[payer],
+            &self.phones[payee],
+            &self.amount,
+        );
+        payclient::pay(
+            &self.http,
+            &self.base_url,
+            &self.tracker,
+            &self.customers[payer].token,
+            &format!("bench-{}-{i}", self.run),
+            &body,
+            start_ns,
+            self.frame_timeout,
+        )
+        .await
+    }
+}
+
+/// Closed loop: `clients` tasks pay back to back; what was sent inside the window counts.
+async fn closed_loop(
+    ctx: &Arc<Ctx>,
+    shape: Shape,
+    clients: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<PhaseAccount> {
+    let clock = ctx.tracker.clock;
+    let start = clock.now_ns() + warmup.as_nanos() as u64;
+    let end = start + window.as_nanos() as u64;
+    let mut tasks = vec![];
+    for _ in 0..clients {
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut account = PhaseAccount::default();
+            loop {
+                let sent = ctx.tracker.clock.now_ns();
+                if sent >= end {
+                    break;
+                }
+                let i = ctx.next.fetch_add(1, Ordering::Relaxed);
+                let measured = ctx.pay(shape, i, sent).await;
+                if sent >= start {
+                    account.record(&measured);
+                }
+            }
+            account
+        }));
+    }
+    let mut all = PhaseAccount::default();
+    for task in tasks {
+        all.merge(&task.await?);
+    }
+    Ok(all)
+}
+
+/// Open loop: payment `j` is due at `start + j / rate`; latency from that time.
+async fn open_loop(
+    ctx: &Arc<Ctx>,
+    shape: Shape,
+    rate: f64,
+    max_in_flight: usize,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<PhaseAccount> {
+    let clock = ctx.tracker.clock;
+    let schedule = Schedule::new(clock.now_ns() + 1_000_000, rate);
+    let start = schedule.start_ns + warmup.as_nanos() as u64;
+    let end = start + window.as_nanos() as u64;
+    let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<PhaseAccount>();
+    let mut j = 0u64;
+    loop {
+        let intended = schedule.at(j);
+        if intended >= end {
+            break;
+        }
+        tokio::time::sleep_until(clock.instant_at(intended).into()).await;
+        // Bounded: when the limit is reached, later payments wait for a slot but keep their
+        // intended send times, so the wait shows up as latency.
+        let permit = permits.clone().acquire_owned().await?;
+        let (ctx, done) = (ctx.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let i = ctx.next.fetch_add(1, Ordering::Relaxed);
+            let measured = ctx.pay(shape, i, intended).await;
+            let mut account = PhaseAccount::default();
+            if intended >= start {
+                account.record(&measured);
+            }
+            drop(permit);
+            let _ = done.send(account);
+        });
+        j += 1;
+    }
+    drop(done_tx);
+    let mut all = PhaseAccount::default();
+    while let Some(account) = done_rx.recv().await {
+        all.merge(&account);
+    }
+    Ok(all)
+}
+
+/// Discards the ABS's changes, counting them (the baseline measures the ledger alone).
+#[derive(Default)]
+struct CountingSink {
+    changes: AtomicU64,
+}
+
+#[async_trait]
+impl ChangeSink for CountingSink {
+    async fn submit(&self, changes: Vec<Change>) -> Result<SubmitReport, SinkError> {
+        self.changes
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        Ok(SubmitReport {
+            accepted: changes.len(),
+            rejected: vec![],
+        })
+    }
+}
+
+/// The ledger in this process on a fresh database of the node's backend, seeded with the
+/// demo customers.
+struct Ledger {
+    abs: abs::Abs,
+    _dir: Option<TempDir>,
+    _pg: Option<testkit::PgDatabase>,
+}
+
+impl Ledger {
+    async fn open(backend: &str, url: Option<&str>) -> anyhow::Result<Self> {
+        let (store, dir, pg): (Arc<dyn store::Store>, _, _) = match (backend, url) {
+            (_, Some(url)) => {
+                let store = Arc::new(store::PgStore::connect(url).await?);
+                abs::demo::seed(&*store).await?;
+                (store, None, None)
+            }
+            ("postgres", None) => {
+                let pg = testkit::PgDatabase::create()
+                    .await
+                    .context("a PostgreSQL database for the ledger baseline (ARBAT_TEST_PG)")?;
+                let store = Arc::new(store::PgStore::connect(&pg.url).await?);
+                abs::demo::seed(&*store).await?;
+                (store, None, Some(pg))
+            }
+            _ => {
+                let dir = TempDir::new("arbat-bench-ledger")?;
+                let store =
+                    Arc::new(store::SqliteStore::open(&dir.path().join(store::SQLITE_FILE)).await?);
+                abs::demo::seed(&*store).await?;
+                (store, Some(dir), None)
+            }
+        };
+        Ok(Self {
+            abs: abs::Abs::new(store, Arc::new(CountingSink::default())),
+            _dir: dir,
+            _pg: pg,
+        })
+    }
+
+    /// `Abs::pay` per second with `clients` concurrent callers; (rate, failures).
+    async fn postings_per_s(
+        &self,
+        shape: Shape,
+        customers: u32,
+        first: u32,
+        amount: Money,
+        clients: usize,
+        warmup: Duration,
+        window: Duration,
+        run: &str,
+    ) -> anyhow::Result<(f64, u64)> {
+        let next = Arc::new(AtomicU64::new(0));
+        let begin = Instant::now();
+        let (start, end) = (begin + warmup, begin + warmup + window);
+        let mut tasks = vec![];
+        for _ in 0..clients {
+            let (abs, next, run) = (self.abs.clone(), next.clone(), run.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let command = ledger_command(shape, i, customers, first, amount, &run);
+                    let result = abs.pay(&command).await;
+                    if sent >= start {
+                        match result {
+                            Ok(_) => ok += 1,
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        let (mut ok, mut failed) = (0, 0);
+        for task in tasks {
+            let (o, f) = task.await?;
+            ok += o;
+            failed += f;
+        }
+        Ok((ok as f64 / window.as_secs_f64(), failed))
+    }
+}
+
+/// The ABS command the node's actor sends for payment `i` of `shape` (same routing as
+/// [`payclient::payment_body`]: phone transfer without fee, or the biller with its fee).
+fn ledger_command(
+    shape: Shape,
+    i: u64,
+    customers: u32,
+    first: u32,
+    amount: Money,
+    run: &str,
+) -> PaymentCommand {
+    let (payer, payee) = payclient::payer_and_payee(i, customers as usize);
+    let n = first + payer as u32;
+    let (to, fee, description) = if payclient::pays_biller(shape, i) {
+        (
+            Destination::Settlement {
+                account_id: HOT_ACCOUNT.into(),
+                reference: format!("{:010}", i % 10_000_000_000),
+            },
+            Some(Money::new(UTILITY_FEE_MINOR, amount.currency)),
+            "Electricity bill",
+        )
+    } else {
+        (
+            Destination::Phone {
+                phone: abs::demo::phone(first + payee as u32),
+            },
+            None,
+            "Transfer by phone number",
+        )
+    };
+    PaymentCommand {
+        id: format!("ledger-{run}-{i}"),
+        customer_id: abs::demo::customer_id(n),
+        from: format!("a{n:06}"),
+        to,
+        amount,
+        fee,
+        description: description.into(),
+    }
+}
+
+pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> {
+    let amount = args.validate()?;
+    let started_at = time::OffsetDateTime::now_utc();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let window = Duration::from_secs_f64(args.duration);
+    let settings = serde_json::to_value(&args)?;
+    let mut report = PaymentsReport {
+        command: payclient::command_line("payments", &settings),
+        started_at: started_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        cores,
+        backend: args.mode.backend().into(),
+        settings,
+        ..Default::default()
+    };
+    let mut target = Target::start(
+        args.url.as_deref(),
+        None,
+        args.mode,
+        args.arbat_bin.as_deref(),
+        args.partitions,
+    )
+    .await?;
+    report.mode = target.description.clone();
+    let logins = payclient::logins(&args.login_prefix, args.first_customer, args.customers);
+    let customers =
+        crate::clients::login_all(&target.base_url, &logins, &args.password, 8).await?;
+    let clock = Clock::default();
+    let tracker = Tracker::new(clock);
+    let sink = Sink::new(clock);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sockets =
+        payclient::open_sockets(&target.base_url, &customers, &tracker, &sink, &stop_rx).await?;
+    let run = format!("{:x}", clock_seed());
+    let ctx = Arc::new(Ctx {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build()?,
+        base_url: target.base_url.clone(),
+        tracker,
+        customers,
+        phones: logins,
+        amount: args.amount.clone(),
+        run: run.clone(),
+        next: AtomicU64::new(0),
+        frame_timeout: Duration::from_secs_f64(args.frame_timeout),
+    });
+    let ledger = if args.no_baseline {
+        None
+    } else {
+        Some(Ledger::open(args.mode.backend(), args.ledger_database_url.as_deref()).await?)
+    };
+    for shape in &args.scenario {
+        let shape = *shape;
+        let name = serde_json::to_value(shape)?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut result = ScenarioResult {
+            scenario: name.clone(),
+            ..Default::default()
+        };
+        for &clients in &args.clients {
+            tracing::info!(scenario = %name, clients, "closed loop");
+            let account = closed_loop(&ctx, shape, clients, warmup, window).await?;
+            target.check_running()?;
+            let mut point = LoadPoint {
+                clients,
+                window_s: window.as_secs_f64(),
+                payments_per_s: account.tally.completed as f64 / window.as_secs_f64(),
+                tally: account.tally.clone(),
+                latency: PhaseLatency {
+                    answer: account.answer.summary(),
+                    frame: account.frame.summary(),
+                },
+                ..Default::default()
+            };
+            if let Some(ledger) = &ledger {
+                tracing::info!(scenario = %name, clients, "ledger baseline");
+                let (rate, failures) = ledger
+                    .postings_per_s(
+                        shape,
+                        args.customers,
+                        args.first_customer,
+                        amount,
+                        clients,
+                        warmup,
+                        window,
+                        &format!("{run}-{name}-{clients}"),
+                    )
+                    .await?;
+                point.ledger_postings_per_s = Some(rate);
+                point.ledger_failures = failures;
+                point.ratio_to_ledger = (rate > 0.0).then(|| point.payments_per_s / rate);
+            }
+            result.closed_loop.push(point);
+        }
+        result.max_payments_per_s = result
+            .closed_loop
+            .iter()
+            .map(|p| p.payments_per_s)
+            .fold(0.0, f64::max);
+        if let (Some(first), Some(last)) = (result.closed_loop.first(), result.closed_loop.last())
+            && result.closed_loop.len() > 1
+            && first.payments_per_s > 0.0
+        {
+            result.growth_with_load = Some(last.payments_per_s / first.payments_per_s);
+        }
+        let rate = args.rate.unwrap_or(result.max_payments_per_s / 2.0);
+        if rate > 0.0 {
+            tracing::info!(scenario = %name, rate, "open loop");
+            let account =
+                open_loop(&ctx, shape, rate, args.max_in_flight, warmup, window).await?;
+            target.check_running()?;
+            let frame = account.frame.summary();
+            result.open_loop = Some(OpenLoop {
+                target_per_s: rate,
+                window_s: window.as_secs_f64(),
+                payments_per_s: account.tally.completed as f64 / window.as_secs_f64(),
+                tally: account.tally.clone(),
+                p99_below_50_ms: frame.samples > 0 && frame.p99_ms < 50.0,
+                latency: PhaseLatency {
+                    answer: account.answer.summary(),
+                    frame,
+                },
+            });
+        } else {
+            report.notes.push(format!(
+                "{name}: no payment completed in the closed loop, so no open-loop rate"
+            ));
+        }
+        report.scenarios.push(result);
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join_all(sockets),
+    )
+    .await;
+    let closed = sink.closed.load(Ordering::Acquire);
+    if closed > 0 {
+        report
+            .notes
+            .push(format!("{closed} WebSocket(s) closed by the server during the run"));
+    }
+    report.notes.push(format!(
+        "each payment is {} RUB (below the step-up threshold) with a unique Idempotency-Key; only `completed` answers whose `payment_status` frame reached the payer's socket count as payments",
+        args.amount
+    ));
+    report.notes.push("closed loop: latency from the actual send; open loop: from the intended send time (a stalled sender shows as latency: no coordinated omission); warm-up excluded".into());
+    report.notes.push(format!(
+        "ledger baseline: `abs::Abs::pay` (account lookups, payee resolution, one {} transaction per transfer, changes discarded) in the bench process, same shape and concurrency",
+        args.mode.backend()
+    ));
+    if args.url.is_none() {
+        report.notes.push(format!("self-hosted: the node, its store{} and the bench's clients share this machine's {cores} cores; compare ratios within the run", if args.mode == HostMode::Cluster { ", NATS" } else { "" }));
+    }
+    target.check_running()?;
+    target.stop();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(args.out.join("bench-payments.md"), report.markdown())?;
+    std::fs::write(
+        args.out.join("bench-payments.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{}", report.table());
+    for note in &report.notes {
+        println!("- {note}");
+    }
+    println!(
+        "report: {} and {}",
+        args.out.join("bench-payments.md").display(),
+        args.out.join("bench-payments.json").display()
+    );
+    Ok(report)
+}
+
+/// A run tag unique enough that Idempotency-Keys never repeat across runs.
+pub(crate) fn clock_seed() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_commands_have_the_node_payments_shape() {
+        let rub = Currency::parse("RUB").unwrap();
+        let amount = Money::new(100, rub);
+        let hot = ledger_command(Shape::Hot, 5, 10, 1, amount, "r");
+        assert_eq!(hot.from, "a000006");
+        assert_eq!(hot.customer_id.as_str(), "c000006");
+        assert_eq!(hot.fee, Some(Money::new(UTILITY_FEE_MINOR, rub)));
+        assert!(matches!(hot.to, Destination::Settlement { ref account_id, .. } if account_id == HOT_ACCOUNT));
+        let spread = ledger_command(Shape::Spread, 0, 10, 1, amount, "r");
+        assert!(matches!(spread.to, Destination::Phone { ref phone } if phone == "+79990000002"));
+        assert_eq!(spread.fee, None);
+        assert_ne!(
+            ledger_command(Shape::Spread, 1, 10, 1, amount, "r").id,
+            spread.id
+        );
+    }
+
+    fn sample() -> PaymentsReport {
+        let mut tally = Tally::default();
+        tally.completed = 10;
+        tally.other_statuses.insert("pending".into(), 2);
+        PaymentsReport {
+            command: "arbat bench payments --clients 1".into(),
+            mode: "self-hosted embedded".into(),
+            backend: "sqlite".into(),
+            scenarios: vec![ScenarioResult {
+                scenario: "hot".into(),
+                closed_loop: vec![LoadPoint {
+                    clients: 1,
+                    payments_per_s: 20.0,
+                    tally,
+                    ledger_postings_per_s: Some(80.0),
+                    ratio_to_ledger: Some(0.25),
+                    ..Default::default()
+                }],
+                max_payments_per_s: 20.0,
+                open_loop: Some(OpenLoop {
+                    target_per_s: 10.0,
+                    payments_per_s: 10.0,
+                    p99_below_50_ms: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_show_ratios_unfinished_payments_and_the_aim() {
+        let report = sample();
+        let md = report.markdown();
+        assert!(md.contains("```sh\narbat bench payments --clients 1\n```"), "{md}");
+        assert!(
+            md.contains("| closed, 1 client(s) | 20.0 | 80.0 | 0.250 |"),
+            "{md}"
+        );
+        assert!(md.contains("2 (pending 2)"), "{md}");
+        assert!(md.contains("| open, 10.0/s | 10.0 |"), "{md}");
+        assert!(md.contains("p99 < 50 ms at half of the maximum: met"), "{md}");
+        assert!(report.table().contains("closed x1"));
+        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["scenarios"][0]["closed_loop"][0]["ratio_to_ledger"], 0.25);
+        assert_eq!(
+            json["scenarios"][0]["closed_loop"][0]["tally"]["other_statuses"]["pending"],
+            2
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: PaymentsArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["bench"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.args)
+        };
+        assert!(parse(&[]).unwrap().validate().is_ok());
+        assert!(parse(&["--scenario", "sideways"]).is_err());
+        for (flags, reason) in [
+            (&["--customers", "1"][..], "--customers"),
+            (&["--clients", "0"][..], "--clients"),
+            (&["--amount", "60000.00"][..], "step-up"),
+            (&["--amount", "abc"][..], "--amount"),
+            (&["--rate", "-3"][..], "--rate"),
+        ] {
+            let error = parse(flags).unwrap().validate().unwrap_err();
+            assert!(format!("{error:#}").contains(reason), "{flags:?}: {error:#}");
+        }
+    }
+}

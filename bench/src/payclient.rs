@@ -84,6 +84,13 @@ impl Target {
             Some(path) => path.to_owned(),
             None => std::env::current_exe().context("locating this executable")?,
         };
+        // The node reads its payment definitions from ARBAT_OPERATIONS_DIR, else
+        // ./operations; without them every payment would be `unknown_operation`.
+        if std::env::var_os("ARBAT_OPERATIONS_DIR").is_none() && !Path::new("operations").is_dir() {
+            bail!(
+                "no Operation Studio definitions for the self-hosted node: run from the repository root (./operations) or set ARBAT_OPERATIONS_DIR"
+            );
+        }
         let key = Some(crate::cluster::BACKOFFICE_KEY.to_owned());
         match mode {
             HostMode::Embedded => {
@@ -190,7 +197,8 @@ impl Tally {
             }
             Outcome::Transport(error) => {
                 *self.errors.entry("transport".into()).or_default() += 1;
-                self.first_transport_error.get_or_insert_with(|| error.clone());
+                self.first_transport_error
+                    .get_or_insert_with(|| error.clone());
             }
         }
     }
@@ -449,7 +457,13 @@ pub fn payer_and_payee(i: u64, count: usize) -> (usize, usize) {
 }
 
 /// The `POST /v1/payments` body of payment `i` (amount in major units, RUB).
-pub fn payment_body(shape: Shape, i: u64, payer: &Customer, payee_phone: &str, amount: &str) -> Value {
+pub fn payment_body(
+    shape: Shape,
+    i: u64,
+    payer: &Customer,
+    payee_phone: &str,
+    amount: &str,
+) -> Value {
     if pays_biller(shape, i) {
         json!({
             "operation": "utility.electricity",
@@ -535,7 +549,8 @@ pub struct PhaseAccount {
 
 impl PhaseAccount {
     pub fn record(&mut self, measured: &Measured) {
-        self.tally.record(&measured.outcome, measured.frame_us.is_some());
+        self.tally
+            .record(&measured.outcome, measured.frame_us.is_some());
         self.answer.record_us(measured.answer_us);
         if measured.outcome.is_completed()
             && let Some(frame) = measured.frame_us

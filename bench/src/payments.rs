@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::clients::{Clock, Customer, Sink};
 use crate::cluster::TempDir;
 use crate::payclient::{
-    self, HOT_ACCOUNT, HostMode, Measured, PhaseAccount, PhaseLatency, Shape, Target, Tally,
+    self, HOT_ACCOUNT, HostMode, Measured, PhaseAccount, PhaseLatency, Shape, Tally, Target,
     Tracker, UTILITY_FEE_MINOR,
 };
 use crate::publisher::Schedule;
@@ -194,7 +194,9 @@ impl PaymentsReport {
         ));
         md.push_str("Payments end to end: `POST /v1/payments` → actor → ABS ledger → feed → the payer's `payment_status` frame. ");
         md.push_str("Baseline: `abs::Abs::pay` in process on a fresh database of the same backend, same transfer shape and concurrency. ");
-        md.push_str("Latency p50 / p99 / p99.9 in ms; in the open loop from the intended send time.\n\n");
+        md.push_str(
+            "Latency p50 / p99 / p99.9 in ms; in the open loop from the intended send time.\n\n",
+        );
         for s in &self.scenarios {
             md.push_str(&format!("## Scenario `{}`\n\n", s.scenario));
             md.push_str("| load | payments/s | ledger postings/s | ratio | answer ms | frame ms | not completed |\n");
@@ -252,7 +254,14 @@ impl PaymentsReport {
     pub fn table(&self) -> String {
         let mut out = format!(
             "{:<8} {:<16} {:>11} {:>11} {:>7} {:>20} {:>20}  {}\n",
-            "scenario", "load", "payments/s", "ledger/s", "ratio", "answer p50/99/99.9", "frame p50/99/99.9", "not completed"
+            "scenario",
+            "load",
+            "payments/s",
+            "ledger/s",
+            "ratio",
+            "answer p50/99/99.9",
+            "frame p50/99/99.9",
+            "not completed"
         );
         for s in &self.scenarios {
             for p in &s.closed_loop {
@@ -588,8 +597,7 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
     .await?;
     report.mode = target.description.clone();
     let logins = payclient::logins(&args.login_prefix, args.first_customer, args.customers);
-    let customers =
-        crate::clients::login_all(&target.base_url, &logins, &args.password, 8).await?;
+    let customers = crate::clients::login_all(&target.base_url, &logins, &args.password, 8).await?;
     let clock = Clock::default();
     let tracker = Tracker::new(clock);
     let sink = Sink::new(clock);
@@ -630,6 +638,12 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
             tracing::info!(scenario = %name, clients, "closed loop");
             let account = closed_loop(&ctx, shape, clients, warmup, window).await?;
             target.check_running()?;
+            if account.tally.completed == 0 {
+                bail!(
+                    "{name}, {clients} client(s): no payment completed end to end ({})",
+                    account.tally.problems()
+                );
+            }
             let mut point = LoadPoint {
                 clients,
                 window_s: window.as_secs_f64(),
@@ -675,8 +689,7 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
         let rate = args.rate.unwrap_or(result.max_payments_per_s / 2.0);
         if rate > 0.0 {
             tracing::info!(scenario = %name, rate, "open loop");
-            let account =
-                open_loop(&ctx, shape, rate, args.max_in_flight, warmup, window).await?;
+            let account = open_loop(&ctx, shape, rate, args.max_in_flight, warmup, window).await?;
             target.check_running()?;
             let frame = account.frame.summary();
             result.open_loop = Some(OpenLoop {
@@ -698,16 +711,12 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
         report.scenarios.push(result);
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        futures::future::join_all(sockets),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(sockets)).await;
     let closed = sink.closed.load(Ordering::Acquire);
     if closed > 0 {
-        report
-            .notes
-            .push(format!("{closed} WebSocket(s) closed by the server during the run"));
+        report.notes.push(format!(
+            "{closed} WebSocket(s) closed by the server during the run"
+        ));
     }
     report.notes.push(format!(
         "each payment is {} RUB (below the step-up threshold) with a unique Idempotency-Key; only `completed` answers whose `payment_status` frame reached the payer's socket count as payments",
@@ -762,7 +771,9 @@ mod tests {
         assert_eq!(hot.from, "a000006");
         assert_eq!(hot.customer_id.as_str(), "c000006");
         assert_eq!(hot.fee, Some(Money::new(UTILITY_FEE_MINOR, rub)));
-        assert!(matches!(hot.to, Destination::Settlement { ref account_id, .. } if account_id == HOT_ACCOUNT));
+        assert!(
+            matches!(hot.to, Destination::Settlement { ref account_id, .. } if account_id == HOT_ACCOUNT)
+        );
         let spread = ledger_command(Shape::Spread, 0, 10, 1, amount, "r");
         assert!(matches!(spread.to, Destination::Phone { ref phone } if phone == "+79990000002"));
         assert_eq!(spread.fee, None);
@@ -807,17 +818,26 @@ mod tests {
     fn reports_show_ratios_unfinished_payments_and_the_aim() {
         let report = sample();
         let md = report.markdown();
-        assert!(md.contains("```sh\narbat bench payments --clients 1\n```"), "{md}");
+        assert!(
+            md.contains("```sh\narbat bench payments --clients 1\n```"),
+            "{md}"
+        );
         assert!(
             md.contains("| closed, 1 client(s) | 20.0 | 80.0 | 0.250 |"),
             "{md}"
         );
         assert!(md.contains("2 (pending 2)"), "{md}");
         assert!(md.contains("| open, 10.0/s | 10.0 |"), "{md}");
-        assert!(md.contains("p99 < 50 ms at half of the maximum: met"), "{md}");
+        assert!(
+            md.contains("p99 < 50 ms at half of the maximum: met"),
+            "{md}"
+        );
         assert!(report.table().contains("closed x1"));
         let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["scenarios"][0]["closed_loop"][0]["ratio_to_ledger"], 0.25);
+        assert_eq!(
+            json["scenarios"][0]["closed_loop"][0]["ratio_to_ledger"],
+            0.25
+        );
         assert_eq!(
             json["scenarios"][0]["closed_loop"][0]["tally"]["other_statuses"]["pending"],
             2
@@ -844,10 +864,13 @@ mod tests {
             (&["--clients", "0"][..], "--clients"),
             (&["--amount", "60000.00"][..], "step-up"),
             (&["--amount", "abc"][..], "--amount"),
-            (&["--rate", "-3"][..], "--rate"),
+            (&["--rate=-3"][..], "--rate"),
         ] {
             let error = parse(flags).unwrap().validate().unwrap_err();
-            assert!(format!("{error:#}").contains(reason), "{flags:?}: {error:#}");
+            assert!(
+                format!("{error:#}").contains(reason),
+                "{flags:?}: {error:#}"
+            );
         }
     }
 }

@@ -248,12 +248,7 @@ impl MixedArgs {
         {
             bail!("incoming transfers and notifications against --url need --backoffice-key");
         }
-        let rub = kernel::Currency::parse("RUB")?;
-        let amount = kernel::Money::parse(&self.amount, rub)
-            .with_context(|| format!("--amount {:?} is not an amount in RUB", self.amount))?;
-        if amount.minor <= 0 || amount.minor >= 50_000_00 {
-            bail!("--amount must be above 0 and below the step-up threshold, 50000.00");
-        }
+        payclient::parse_amount(&self.amount)?;
         Ok(())
     }
 }

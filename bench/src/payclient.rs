@@ -430,6 +430,20 @@ pub enum Shape {
     Hot,
 }
 
+/// Payments above this amount to someone else need a step-up code
+/// (`DEFAULT_CONFIRM_ABOVE_RUB`, docs/payments.md): the bench stays below it.
+pub const STEP_UP_ABOVE_MINOR: i64 = 5_000_000;
+
+/// The bench's payment amount: RUB, above zero and below the step-up threshold.
+pub fn parse_amount(text: &str) -> anyhow::Result<kernel::Money> {
+    let amount = kernel::Money::parse(text, kernel::Currency::parse("RUB")?)
+        .with_context(|| format!("--amount {text:?} is not an amount in RUB"))?;
+    if amount.minor <= 0 || amount.minor > STEP_UP_ABOVE_MINOR {
+        bail!("--amount must be above 0 and at most the step-up threshold, 50000.00");
+    }
+    Ok(amount)
+}
+
 /// Utility payments go to this settlement account (the demo `utility.electricity`).
 pub const HOT_ACCOUNT: &str = "settle-utility";
 /// The utility operation's fixed fee in minor units (`operations/utility.electricity.toml`).

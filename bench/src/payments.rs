@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use kernel::change::{ChangeSink, SinkError, SubmitReport};
 use kernel::payment::{Destination, PaymentCommand};
-use kernel::{Change, Currency, Money};
+use kernel::{Change, Money};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
@@ -116,12 +116,7 @@ impl PaymentsArgs {
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--rate must be a positive number of payments/s");
         }
-        let amount = Money::parse(&self.amount, Currency::parse("RUB")?)
-            .with_context(|| format!("--amount {:?} is not an amount in RUB", self.amount))?;
-        if amount.minor <= 0 || amount.minor >= 50_000_00 {
-            bail!("--amount must be above 0 and below the step-up threshold, 50000.00");
-        }
-        Ok(amount)
+        payclient::parse_amount(&self.amount)
     }
 }
 
@@ -482,6 +477,7 @@ impl Ledger {
     }
 
     /// `Abs::pay` per second with `clients` concurrent callers; (rate, failures).
+    #[allow(clippy::too_many_arguments)]
     async fn postings_per_s(
         &self,
         shape: Shape,
@@ -762,6 +758,7 @@ pub(crate) fn clock_seed() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernel::Currency;
 
     #[test]
     fn ledger_commands_have_the_node_payments_shape() {
@@ -784,9 +781,11 @@ mod tests {
     }
 
     fn sample() -> PaymentsReport {
-        let mut tally = Tally::default();
-        tally.completed = 10;
-        tally.other_statuses.insert("pending".into(), 2);
+        let tally = Tally {
+            completed: 10,
+            other_statuses: [("pending".to_owned(), 2)].into(),
+            ..Default::default()
+        };
         PaymentsReport {
             command: "arbat bench payments --clients 1".into(),
             mode: "self-hosted embedded".into(),

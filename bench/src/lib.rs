@@ -17,6 +17,10 @@
 //! - [`relay`]: the baseline, a bare NATS→WebSocket relay with no actor and no store, run as
 //!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
 //! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
+//! - [`payments`]: `arbat bench payments`, payments/s end to end beside the ledger's own
+//!   postings/s; [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix;
+//!   [`payclient`]: what they share (the node under test, the payment request, the
+//!   accounting of answers, frames paired with payments).
 //!
 //! # What is measured
 //!

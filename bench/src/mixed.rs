@@ -530,6 +530,7 @@ impl Ctx {
 
 pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
     args.validate()?;
+    let load_at_start = payclient::load_average();
     let started_at = time::OffsetDateTime::now_utc();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -671,6 +672,9 @@ pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
     report.notes.push("incoming transfers and notifications are Cache Control changes sent to `POST /cache-control/v1/events` (the cluster node publishes them to `ABS_EVENTS`); their delivery latency is from the intended send time to the frame on the customer's socket".into());
     report.notes.push("payments: a phone transfer to another bench customer; only `completed` with its `payment_status` frame counts ok, anything else is an error by reason".into());
     report.notes.push("logins are argon2id (tens of ms of CPU each); on a small machine they weigh on every other kind's latency".into());
+    report
+        .notes
+        .extend(payclient::load_note(load_at_start, cores));
     target.stop();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -629,6 +629,24 @@ pub fn command_line(subcommand: &str, args: &Value) -> String {
     c
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), to tell a quiet run from one that
+/// shared its cores with other work.
+pub fn load_average() -> Option<f64> {
+    parse_load_average(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+fn parse_load_average(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// A report note on the machine's load at the start and end of a run.
+pub fn load_note(at_start: Option<f64>, cores: usize) -> Option<String> {
+    let (start, end) = (at_start?, load_average()?);
+    Some(format!(
+        "machine load average (1 min) {start:.1} at the start and {end:.1} at the end, on {cores} core(s): above the core count, other work shared the CPUs and absolute figures drift; same-run ratios still compare"
+    ))
+}
+
 /// Logins `<prefix><n, 7 digits>` for customers `first..first + count`.
 pub fn logins(prefix: &str, first: u32, count: u32) -> Vec<String> {
     (first..first.saturating_add(count.max(1)))
@@ -766,6 +784,22 @@ mod tests {
         assert_eq!(body["from"], "a000001");
         let body = payment_body(Shape::Spread, 0, &customer(1), "+79990000002", "1.00");
         assert_eq!(body["fields"]["phone"], "+79990000002");
+    }
+
+    #[test]
+    fn load_average_is_read_from_proc() {
+        assert_eq!(
+            parse_load_average("8.66 8.83 8.26 3/812 4242\n"),
+            Some(8.66)
+        );
+        assert_eq!(parse_load_average(""), None);
+        assert!(load_average().is_some_and(|l| l >= 0.0));
+        assert!(
+            load_note(Some(1.0), 2)
+                .unwrap()
+                .contains("1.0 at the start")
+        );
+        assert_eq!(load_note(None, 2), None);
     }
 
     #[test]

@@ -568,6 +568,7 @@ fn ledger_command(
 
 pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> {
     let amount = args.validate()?;
+    let load_at_start = payclient::load_average();
     let started_at = time::OffsetDateTime::now_utc();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -726,6 +727,9 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
     if args.url.is_none() {
         report.notes.push(format!("self-hosted: the node, its store{} and the bench's clients share this machine's {cores} cores; compare ratios within the run", if args.mode == HostMode::Cluster { ", NATS" } else { "" }));
     }
+    report
+        .notes
+        .extend(payclient::load_note(load_at_start, cores));
     target.check_running()?;
     target.stop();
     std::fs::create_dir_all(&args.out)

@@ -18,9 +18,10 @@
 //!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
 //! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
 //! - [`payments`]: `arbat bench payments`, payments/s end to end beside the ledger's own
-//!   postings/s; [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix;
-//!   [`payclient`]: what they share (the node under test, the payment request, the
-//!   accounting of answers, frames paired with payments).
+//!   postings/s ([`ledger_baseline`], in process; [`payments_report`]); [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix;
+//!   [`payclient`]: what they share (the payment request, the accounting of answers,
+//!   frames paired with payments); [`hosting`]: the node under test (self-hosted embedded
+//!   or cluster, or `--url`), the reproduce command, the machine's load.
 //!
 //! # What is measured
 //!
@@ -34,9 +35,12 @@
 pub mod auth;
 pub mod clients;
 pub mod cluster;
+pub mod hosting;
+pub mod ledger_baseline;
 pub mod mixed;
 pub mod payclient;
 pub mod payments;
+pub mod payments_report;
 pub mod publisher;
 pub mod relay;
 pub mod report;

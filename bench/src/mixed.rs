@@ -29,7 +29,8 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
 use crate::clients::{Clock, Customer, Sink, change_id};
-use crate::payclient::{self, HostMode, PhaseAccount, Shape, Target, Tracker};
+use crate::hosting::{self, HostMode, Target};
+use crate::payclient::{self, PhaseAccount, Shape, Tracker};
 use crate::publisher::Schedule;
 use crate::report::{Latency, LatencySummary};
 
@@ -530,7 +531,7 @@ impl Ctx {
 
 pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
     args.validate()?;
-    let load_at_start = payclient::load_average();
+    let load_at_start = hosting::load_average();
     let started_at = time::OffsetDateTime::now_utc();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -545,7 +546,7 @@ pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
     )
     .await?;
     let mut report = MixedReport {
-        command: payclient::command_line("mixed", &settings),
+        command: hosting::command_line("mixed", &settings),
         started_at: started_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
@@ -557,7 +558,7 @@ pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
         window_s: window.as_secs_f64(),
         ..Default::default()
     };
-    let logins = payclient::logins(&args.login_prefix, args.first_customer, args.customers);
+    let logins = hosting::logins(&args.login_prefix, args.first_customer, args.customers);
     let customers = crate::clients::login_all(&target.base_url, &logins, &args.password, 8).await?;
     let clock = Clock::default();
     let tracker = Tracker::new(clock);
@@ -674,7 +675,7 @@ pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
     report.notes.push("logins are argon2id (tens of ms of CPU each); on a small machine they weigh on every other kind's latency".into());
     report
         .notes
-        .extend(payclient::load_note(load_at_start, cores));
+        .extend(hosting::load_note(load_at_start, cores));
     target.stop();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -20,22 +20,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use async_trait::async_trait;
-use kernel::change::{ChangeSink, SinkError, SubmitReport};
-use kernel::payment::{Destination, PaymentCommand};
-use kernel::{Change, Money};
+use kernel::Money;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 
 use crate::clients::{Clock, Customer, Sink};
-use crate::cluster::TempDir;
-use crate::payclient::{
-    self, HOT_ACCOUNT, HostMode, Measured, PhaseAccount, PhaseLatency, Shape, Tally, Target,
-    Tracker, UTILITY_FEE_MINOR,
-};
+use crate::hosting::{self, HostMode, Target};
+use crate::ledger_baseline::Ledger;
+use crate::payclient::{self, Measured, PhaseAccount, PhaseLatency, Shape, Tracker};
+pub use crate::payments_report::{LoadPoint, OpenLoop, PaymentsReport, ScenarioResult};
 use crate::publisher::Schedule;
 
 #[derive(Clone, Debug, Serialize, clap::Args)]
@@ -117,183 +113,6 @@ impl PaymentsArgs {
             bail!("--rate must be a positive number of payments/s");
         }
         payclient::parse_amount(&self.amount)
-    }
-}
-
-/// One closed-loop level: the node end to end beside the ledger alone.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct LoadPoint {
-    pub clients: usize,
-    pub window_s: f64,
-    /// Completed payments (answer `completed` and frame received) per second.
-    pub payments_per_s: f64,
-    pub tally: Tally,
-    pub latency: PhaseLatency,
-    /// `Abs::pay` per second in this process on the same backend, same shape and clients.
-    pub ledger_postings_per_s: Option<f64>,
-    pub ledger_failures: u64,
-    pub ratio_to_ledger: Option<f64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct OpenLoop {
-    pub target_per_s: f64,
-    pub window_s: f64,
-    pub payments_per_s: f64,
-    pub tally: Tally,
-    /// From each payment's intended send time.
-    pub latency: PhaseLatency,
-    /// p99 of intended send → frame below 50 ms (issue 5's aim).
-    pub p99_below_50_ms: bool,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ScenarioResult {
-    pub scenario: String,
-    pub closed_loop: Vec<LoadPoint>,
-    pub max_payments_per_s: f64,
-    /// Completed payments/s at the highest concurrency over the lowest.
-    pub growth_with_load: Option<f64>,
-    pub open_loop: Option<OpenLoop>,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PaymentsReport {
-    pub command: String,
-    pub started_at: String,
-    pub cores: usize,
-    pub mode: String,
-    pub backend: String,
-    pub settings: serde_json::Value,
-    pub scenarios: Vec<ScenarioResult>,
-    pub notes: Vec<String>,
-}
-
-fn ms(summary: &crate::report::LatencySummary) -> String {
-    format!(
-        "{:.1} / {:.1} / {:.1}",
-        summary.p50_ms, summary.p99_ms, summary.p999_ms
-    )
-}
-
-fn opt(value: Option<f64>, digits: usize) -> String {
-    value.map_or_else(|| "—".into(), |v| format!("{v:.digits$}"))
-}
-
-impl PaymentsReport {
-    pub fn markdown(&self) -> String {
-        let mut md = String::from("# Arbat payments benchmark\n\n");
-        md.push_str(&format!(
-            "Run at {} on {} core(s), {}; store backend {}.\n\nReproduce:\n\n```sh\n{}\n```\n\n",
-            self.started_at, self.cores, self.mode, self.backend, self.command
-        ));
-        md.push_str("Payments end to end: `POST /v1/payments` → actor → ABS ledger → feed → the payer's `payment_status` frame. ");
-        md.push_str("Baseline: `abs::Abs::pay` in process on a fresh database of the same backend, same transfer shape and concurrency. ");
-        md.push_str(
-            "Latency p50 / p99 / p99.9 in ms; in the open loop from the intended send time.\n\n",
-        );
-        for s in &self.scenarios {
-            md.push_str(&format!("## Scenario `{}`\n\n", s.scenario));
-            md.push_str("| load | payments/s | ledger postings/s | ratio | answer ms | frame ms | not completed |\n");
-            md.push_str("|---|---:|---:|---:|---:|---:|---|\n");
-            for p in &s.closed_loop {
-                md.push_str(&format!(
-                    "| closed, {} client(s) | {:.1} | {} | {} | {} | {} | {} |\n",
-                    p.clients,
-                    p.payments_per_s,
-                    opt(p.ledger_postings_per_s, 1),
-                    opt(p.ratio_to_ledger, 3),
-                    ms(&p.latency.answer),
-                    ms(&p.latency.frame),
-                    not_completed(&p.tally)
-                ));
-            }
-            if let Some(o) = &s.open_loop {
-                md.push_str(&format!(
-                    "| open, {:.1}/s | {:.1} | — | — | {} | {} | {} |\n",
-                    o.target_per_s,
-                    o.payments_per_s,
-                    ms(&o.latency.answer),
-                    ms(&o.latency.frame),
-                    not_completed(&o.tally)
-                ));
-            }
-            md.push('\n');
-            md.push_str(&format!(
-                "- maximum: {:.1} payments/s; growth from the lowest to the highest concurrency: {}×\n",
-                s.max_payments_per_s,
-                opt(s.growth_with_load, 2)
-            ));
-            if let Some(o) = &s.open_loop {
-                md.push_str(&format!(
-                    "- aim p99 < 50 ms at half of the maximum: {} (p99 {:.1} ms at {:.1}/s)\n",
-                    if o.p99_below_50_ms { "met" } else { "not met" },
-                    o.latency.frame.p99_ms,
-                    o.target_per_s
-                ));
-            }
-            md.push('\n');
-        }
-        if !self.notes.is_empty() {
-            md.push_str("## Notes\n\n");
-            for note in &self.notes {
-                md.push_str(&format!("- {note}\n"));
-            }
-        }
-        md.push_str("\n## Settings\n\n```json\n");
-        md.push_str(&serde_json::to_string_pretty(&self.settings).unwrap_or_default());
-        md.push_str("\n```\n");
-        md
-    }
-
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<8} {:<16} {:>11} {:>11} {:>7} {:>20} {:>20}  {}\n",
-            "scenario",
-            "load",
-            "payments/s",
-            "ledger/s",
-            "ratio",
-            "answer p50/99/99.9",
-            "frame p50/99/99.9",
-            "not completed"
-        );
-        for s in &self.scenarios {
-            for p in &s.closed_loop {
-                out.push_str(&format!(
-                    "{:<8} {:<16} {:>11.1} {:>11} {:>7} {:>20} {:>20}  {}\n",
-                    s.scenario,
-                    format!("closed x{}", p.clients),
-                    p.payments_per_s,
-                    opt(p.ledger_postings_per_s, 1),
-                    opt(p.ratio_to_ledger, 3),
-                    ms(&p.latency.answer),
-                    ms(&p.latency.frame),
-                    not_completed(&p.tally)
-                ));
-            }
-            if let Some(o) = &s.open_loop {
-                out.push_str(&format!(
-                    "{:<8} {:<16} {:>11.1} {:>11} {:>7} {:>20} {:>20}  {}\n",
-                    s.scenario,
-                    format!("open {:.0}/s", o.target_per_s),
-                    o.payments_per_s,
-                    "—",
-                    "—",
-                    ms(&o.latency.answer),
-                    ms(&o.latency.frame),
-                    not_completed(&o.tally)
-                ));
-            }
-        }
-        out
-    }
-}
-
-fn not_completed(tally: &Tally) -> String {
-    match tally.not_completed() {
-        0 => "0".into(),
-        n => format!("{n} ({})", tally.problems()),
     }
 }
 
@@ -419,163 +238,16 @@ async fn open_loop(
     Ok(all)
 }
 
-/// Discards the ABS's changes, counting them (the baseline measures the ledger alone).
-#[derive(Default)]
-struct CountingSink {
-    changes: AtomicU64,
-}
-
-#[async_trait]
-impl ChangeSink for CountingSink {
-    async fn submit(&self, changes: Vec<Change>) -> Result<SubmitReport, SinkError> {
-        self.changes
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
-        Ok(SubmitReport {
-            accepted: changes.len(),
-            rejected: vec![],
-        })
-    }
-}
-
-/// The ledger in this process on a fresh database of the node's backend, seeded with the
-/// demo customers.
-struct Ledger {
-    abs: abs::Abs,
-    _dir: Option<TempDir>,
-    _pg: Option<testkit::PgDatabase>,
-}
-
-impl Ledger {
-    async fn open(backend: &str, url: Option<&str>) -> anyhow::Result<Self> {
-        let (store, dir, pg): (Arc<dyn store::Store>, _, _) = match (backend, url) {
-            (_, Some(url)) => {
-                let store = Arc::new(store::PgStore::connect(url).await?);
-                abs::demo::seed(&*store).await?;
-                (store, None, None)
-            }
-            ("postgres", None) => {
-                let pg = testkit::PgDatabase::create()
-                    .await
-                    .context("a PostgreSQL database for the ledger baseline (ARBAT_TEST_PG)")?;
-                let store = Arc::new(store::PgStore::connect(&pg.url).await?);
-                abs::demo::seed(&*store).await?;
-                (store, None, Some(pg))
-            }
-            _ => {
-                let dir = TempDir::new("arbat-bench-ledger")?;
-                let store =
-                    Arc::new(store::SqliteStore::open(&dir.path().join(store::SQLITE_FILE)).await?);
-                abs::demo::seed(&*store).await?;
-                (store, Some(dir), None)
-            }
-        };
-        Ok(Self {
-            abs: abs::Abs::new(store, Arc::new(CountingSink::default())),
-            _dir: dir,
-            _pg: pg,
-        })
-    }
-
-    /// `Abs::pay` per second with `clients` concurrent callers; (rate, failures).
-    #[allow(clippy::too_many_arguments)]
-    async fn postings_per_s(
-        &self,
-        shape: Shape,
-        customers: u32,
-        first: u32,
-        amount: Money,
-        clients: usize,
-        warmup: Duration,
-        window: Duration,
-        run: &str,
-    ) -> anyhow::Result<(f64, u64)> {
-        let next = Arc::new(AtomicU64::new(0));
-        let begin = Instant::now();
-        let (start, end) = (begin + warmup, begin + warmup + window);
-        let mut tasks = vec![];
-        for _ in 0..clients {
-            let (abs, next, run) = (self.abs.clone(), next.clone(), run.to_owned());
-            tasks.push(tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, 0u64);
-                loop {
-                    let sent = Instant::now();
-                    if sent >= end {
-                        break;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let command = ledger_command(shape, i, customers, first, amount, &run);
-                    let result = abs.pay(&command).await;
-                    if sent >= start {
-                        match result {
-                            Ok(_) => ok += 1,
-                            Err(_) => failed += 1,
-                        }
-                    }
-                }
-                (ok, failed)
-            }));
-        }
-        let (mut ok, mut failed) = (0, 0);
-        for task in tasks {
-            let (o, f) = task.await?;
-            ok += o;
-            failed += f;
-        }
-        Ok((ok as f64 / window.as_secs_f64(), failed))
-    }
-}
-
-/// The ABS command the node's actor sends for payment `i` of `shape` (same routing as
-/// [`payclient::payment_body`]: phone transfer without fee, or the biller with its fee).
-fn ledger_command(
-    shape: Shape,
-    i: u64,
-    customers: u32,
-    first: u32,
-    amount: Money,
-    run: &str,
-) -> PaymentCommand {
-    let (payer, payee) = payclient::payer_and_payee(i, customers as usize);
-    let n = first + payer as u32;
-    let (to, fee, description) = if payclient::pays_biller(shape, i) {
-        (
-            Destination::Settlement {
-                account_id: HOT_ACCOUNT.into(),
-                reference: format!("{:010}", i % 10_000_000_000),
-            },
-            Some(Money::new(UTILITY_FEE_MINOR, amount.currency)),
-            "Electricity bill",
-        )
-    } else {
-        (
-            Destination::Phone {
-                phone: abs::demo::phone(first + payee as u32),
-            },
-            None,
-            "Transfer by phone number",
-        )
-    };
-    PaymentCommand {
-        id: format!("ledger-{run}-{i}"),
-        customer_id: abs::demo::customer_id(n),
-        from: format!("a{n:06}"),
-        to,
-        amount,
-        fee,
-        description: description.into(),
-    }
-}
-
 pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> {
     let amount = args.validate()?;
-    let load_at_start = payclient::load_average();
+    let load_at_start = hosting::load_average();
     let started_at = time::OffsetDateTime::now_utc();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let warmup = Duration::from_secs_f64(args.warmup);
     let window = Duration::from_secs_f64(args.duration);
     let settings = serde_json::to_value(&args)?;
     let mut report = PaymentsReport {
-        command: payclient::command_line("payments", &settings),
+        command: hosting::command_line("payments", &settings),
         started_at: started_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
@@ -593,7 +265,7 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
     )
     .await?;
     report.mode = target.description.clone();
-    let logins = payclient::logins(&args.login_prefix, args.first_customer, args.customers);
+    let logins = hosting::logins(&args.login_prefix, args.first_customer, args.customers);
     let customers = crate::clients::login_all(&target.base_url, &logins, &args.password, 8).await?;
     let clock = Clock::default();
     let tracker = Tracker::new(clock);
@@ -729,7 +401,7 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
     }
     report
         .notes
-        .extend(payclient::load_note(load_at_start, cores));
+        .extend(hosting::load_note(load_at_start, cores));
     target.check_running()?;
     target.stop();
     std::fs::create_dir_all(&args.out)
@@ -762,90 +434,6 @@ pub(crate) fn clock_seed() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kernel::Currency;
-
-    #[test]
-    fn ledger_commands_have_the_node_payments_shape() {
-        let rub = Currency::parse("RUB").unwrap();
-        let amount = Money::new(100, rub);
-        let hot = ledger_command(Shape::Hot, 5, 10, 1, amount, "r");
-        assert_eq!(hot.from, "a000006");
-        assert_eq!(hot.customer_id.as_str(), "c000006");
-        assert_eq!(hot.fee, Some(Money::new(UTILITY_FEE_MINOR, rub)));
-        assert!(
-            matches!(hot.to, Destination::Settlement { ref account_id, .. } if account_id == HOT_ACCOUNT)
-        );
-        let spread = ledger_command(Shape::Spread, 0, 10, 1, amount, "r");
-        assert!(matches!(spread.to, Destination::Phone { ref phone } if phone == "+79990000002"));
-        assert_eq!(spread.fee, None);
-        assert_ne!(
-            ledger_command(Shape::Spread, 1, 10, 1, amount, "r").id,
-            spread.id
-        );
-    }
-
-    fn sample() -> PaymentsReport {
-        let tally = Tally {
-            completed: 10,
-            other_statuses: [("pending".to_owned(), 2)].into(),
-            ..Default::default()
-        };
-        PaymentsReport {
-            command: "arbat bench payments --clients 1".into(),
-            mode: "self-hosted embedded".into(),
-            backend: "sqlite".into(),
-            scenarios: vec![ScenarioResult {
-                scenario: "hot".into(),
-                closed_loop: vec![LoadPoint {
-                    clients: 1,
-                    payments_per_s: 20.0,
-                    tally,
-                    ledger_postings_per_s: Some(80.0),
-                    ratio_to_ledger: Some(0.25),
-                    ..Default::default()
-                }],
-                max_payments_per_s: 20.0,
-                open_loop: Some(OpenLoop {
-                    target_per_s: 10.0,
-                    payments_per_s: 10.0,
-                    p99_below_50_ms: true,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reports_show_ratios_unfinished_payments_and_the_aim() {
-        let report = sample();
-        let md = report.markdown();
-        assert!(
-            md.contains("```sh\narbat bench payments --clients 1\n```"),
-            "{md}"
-        );
-        assert!(
-            md.contains("| closed, 1 client(s) | 20.0 | 80.0 | 0.250 |"),
-            "{md}"
-        );
-        assert!(md.contains("2 (pending 2)"), "{md}");
-        assert!(md.contains("| open, 10.0/s | 10.0 |"), "{md}");
-        assert!(
-            md.contains("p99 < 50 ms at half of the maximum: met"),
-            "{md}"
-        );
-        assert!(report.table().contains("closed x1"));
-        let json: serde_json::Value = serde_json::to_value(&report).unwrap();
-        assert_eq!(
-            json["scenarios"][0]["closed_loop"][0]["ratio_to_ledger"],
-            0.25
-        );
-        assert_eq!(
-            json["scenarios"][0]["closed_loop"][0]["tally"]["other_statuses"]["pending"],
-            2
-        );
-    }
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {

@@ -18,8 +18,9 @@
 //!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
 //! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
 //! - [`payments`]: `arbat bench payments`, payments/s end to end beside the ledger's own
-//!   postings/s ([`ledger_baseline`], in process; [`payments_report`]); [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix;
-//!   [`payclient`]: what they share (the payment request, the accounting of answers,
+//!   postings/s ([`ledger_baseline`], in process; [`payments_report`]).
+//! - [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix ([`mix`]).
+//! - [`payclient`]: what those two share (the payment request, the accounting of answers,
 //!   frames paired with payments); [`hosting`]: the node under test (self-hosted embedded
 //!   or cluster, or `--url`), the reproduce command, the machine's load.
 //!
@@ -37,6 +38,7 @@ pub mod clients;
 pub mod cluster;
 pub mod hosting;
 pub mod ledger_baseline;
+pub mod mix;
 pub mod mixed;
 pub mod payclient;
 pub mod payments;

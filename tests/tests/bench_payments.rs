@@ -86,3 +86,36 @@ fn bench_payments_refuses_bad_flags_with_a_reason() {
         assert!(stderr.contains(reason), "{flags:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_payments_runs_clustered_on_postgresql_and_nats() {
+    let out = std::env::temp_dir().join(format!("arbat-bench-payments-{}", uuid::Uuid::new_v4()));
+    let output = Command::new(tests::arbat_binary())
+        .args(["bench", "payments", "--mode", "cluster", "--customers", "3"])
+        .args(["--scenario", "hot", "--clients", "2", "--partitions", "4"])
+        .args(["--warmup", "0.2", "--duration", "0.8"])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("ARBAT_LOG", "warn")
+        .output()
+        .expect("arbat runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bench-payments.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["backend"], "postgres");
+    assert!(report["mode"].as_str().unwrap().contains("cluster"));
+    let hot = &report["scenarios"][0];
+    assert_eq!(hot["scenario"], "hot");
+    let point = &hot["closed_loop"][0];
+    assert!(point["tally"]["completed"].as_u64().unwrap() > 0, "{point}");
+    assert_eq!(point["tally"]["errors"], serde_json::json!({}), "{point}");
+    assert!(point["ledger_postings_per_s"].as_f64().unwrap() > 0.0);
+    assert!(hot["open_loop"]["tally"]["completed"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_dir_all(&out);
+}

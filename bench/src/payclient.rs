@@ -180,15 +180,15 @@ impl Tracker {
     /// Waits (at most `limit`) for the frame of `payment_id`; its arrival time in ns.
     pub async fn frame_of(&self, payment_id: &str, limit: Duration) -> Option<u64> {
         let rx = match self.slots.entry(payment_id.to_owned()) {
-            Entry::Occupied(slot) => match slot.remove() {
-                Slot::Frame(at) => return Some(at),
-                // A second answer for the same id (a replay): wait afresh.
-                Slot::Waiting(_) => {
-                    let (tx, rx) = oneshot::channel();
-                    self.slots.insert(payment_id.to_owned(), Slot::Waiting(tx));
-                    rx
+            Entry::Occupied(slot) => {
+                if matches!(slot.get(), Slot::Frame(_))
+                    && let Slot::Frame(at) = slot.remove()
+                {
+                    return Some(at);
                 }
-            },
+                // Someone already waits for this id (a replayed answer): the frame is theirs.
+                return None;
+            }
             Entry::Vacant(slot) => {
                 let (tx, rx) = oneshot::channel();
                 slot.insert(Slot::Waiting(tx));
@@ -567,6 +567,11 @@ mod tests {
         while tracker.unclaimed() == 0 {
             tokio::task::yield_now().await;
         }
+        // A second answer for an id already awaited does not steal the first one's frame.
+        assert_eq!(
+            tracker.frame_of("pay-b", Duration::from_secs(5)).await,
+            None
+        );
         tracker.on_frame("pay-b", 9);
         assert_eq!(waiting.await.unwrap(), Some(9));
         // No frame: bounded wait, nothing left behind.

@@ -17,6 +17,12 @@
 //! - [`relay`]: the baseline, a bare NATS→WebSocket relay with no actor and no store, run as
 //!   its own process (`arbat bench relay`) so its memory and CPU are measured like the node's.
 //! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
+//! - [`payments`]: `arbat bench payments`, payments/s end to end beside the ledger's own
+//!   postings/s ([`ledger_baseline`], in process; [`payments_report`]).
+//! - [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix ([`mix`]).
+//! - [`payclient`]: what those two share (the payment request, the accounting of answers,
+//!   frames paired with payments); [`hosting`]: the node under test (self-hosted embedded
+//!   or cluster, or `--url`), the reproduce command, the machine's load.
 //!
 //! # What is measured
 //!
@@ -30,6 +36,13 @@
 pub mod auth;
 pub mod clients;
 pub mod cluster;
+pub mod hosting;
+pub mod ledger_baseline;
+pub mod mix;
+pub mod mixed;
+pub mod payclient;
+pub mod payments;
+pub mod payments_report;
 pub mod publisher;
 pub mod relay;
 pub mod report;
@@ -66,6 +79,12 @@ pub enum BenchCommand {
     /// Logins/s (argon2id), token verifications/s per core and the latency the gateway adds
     /// to a warm read, each beside a baseline, against a self-hosted embedded node.
     Auth(auth::AuthArgs),
+    /// Payments/s end to end (HTTP → actor → ABS ledger → feed → WebSocket) beside the
+    /// ledger's own postings/s, spread and hot-account scenarios, embedded or clustered.
+    Payments(payments::PaymentsArgs),
+    /// A realistic day at a total rate: logins, reads, payments, incoming transfers and
+    /// notifications in a configurable mix, per-kind counts and latency.
+    Mixed(mixed::MixedArgs),
     /// The baseline relay alone (started by `bench live`; useful by hand).
     #[command(hide = true)]
     Relay(relay::RelayArgs),
@@ -199,6 +218,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         BenchCommand::Live(live) => run_live(live).await,
         BenchCommand::Auth(args) => {
             auth::run_auth(args).await?;
+            Ok(Report::default())
+        }
+        BenchCommand::Payments(args) => {
+            payments::run_payments(args).await?;
+            Ok(Report::default())
+        }
+        BenchCommand::Mixed(args) => {
+            mixed::run_mixed(args).await?;
             Ok(Report::default())
         }
         BenchCommand::Relay(relay) => {

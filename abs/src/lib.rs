@@ -12,7 +12,12 @@
 //!   holds, fees, FX rounding), property-tested; the store writes the same rules atomically.
 //! - payments.rs: `abs.cmd.payment`, a payment order turned into a balanced transfer and
 //!   published as Cache Control changes to every customer it touches.
-//! - [`rates`]: buy/sell rates per currency pair.
+//! - [`rates`]: buy/sell rates per currency pair, changed live (`Abs::set_rates`, published
+//!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
+//! - [`holds`]: `abs.cmd.hold.authorize` / `capture` / `release` (card processing), persisted
+//!   by the store; a capture is published like a payment.
+//! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
+//!   honoured by `abs.cmd.payment` when a conversion carries one.
 //!
 //! The ABS keeps its own tables in the node's store ([`AbsStore`]).
 
@@ -30,8 +35,10 @@ use serde_json::{Value, json};
 
 pub mod cards;
 pub mod demo;
+pub mod holds;
 pub mod ledger;
 mod payments;
+pub mod quotes;
 pub mod rates;
 
 pub use payments::{income_account, position_account};
@@ -82,13 +89,37 @@ impl AbsError {
     }
 }
 
+/// Why a quote was not given or not honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteFailure {
+    #[error(transparent)]
+    Quote(#[from] quotes::QuoteError),
+    #[error(transparent)]
+    Abs(AbsError),
+}
+
 /// The reference ABS.
 #[derive(Clone)]
 pub struct Abs {
     store: Arc<dyn Store>,
     sink: Arc<dyn ChangeSink>,
-    rates: Arc<Vec<ledger::Rate>>,
+    /// The rates the bank quotes now, replaced whole when they change (see `rates`).
+    rates: Arc<std::sync::RwLock<rates::RateSet>>,
+    /// The HMAC key of quotes, from the store's secrets (the same on every node).
+    quote_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
+    quote_validity: time::Duration,
 }
+
+/// Which `abs.cmd.*` a request came on.
+#[derive(Clone, Copy, Debug)]
+enum Command {
+    Customer,
+    Payment,
+    Hold(holds::HoldOp),
+}
+
+/// How often a node re-reads the stored rates (a safety net for a lost `abs.rates` message).
+const RATES_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Commands served at once per node; more wait on the bus.
 const COMMAND_CONCURRENCY: usize = 256;
@@ -98,13 +129,164 @@ impl Abs {
         Self {
             store,
             sink,
-            rates: Arc::new(rates::demo_rates()),
+            rates: Arc::new(std::sync::RwLock::new(rates::RateSet::demo())),
+            quote_key: Arc::new(tokio::sync::OnceCell::new()),
+            quote_validity: quotes::DEFAULT_VALIDITY,
         }
     }
 
-    /// The rates the bank quotes.
-    pub fn rates(&self) -> &[ledger::Rate] {
-        &self.rates
+    /// How long the quotes this ABS issues hold.
+    pub fn with_quote_validity(mut self, validity: time::Duration) -> Self {
+        self.quote_validity = validity;
+        self
+    }
+
+    /// The rates the bank quotes now.
+    pub fn rates(&self) -> Arc<Vec<ledger::Rate>> {
+        self.current_rates().rates
+    }
+
+    fn current_rates(&self) -> rates::RateSet {
+        // A poisoned lock still holds a whole set (it is replaced, never edited in place).
+        self.rates
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Adopts `set` if it is newer than the current one; whether it did.
+    fn adopt_rates(&self, set: rates::RateSet) -> bool {
+        let mut current = self
+            .rates
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if set.version > current.version {
+            *current = set;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The treasury sets new rates: checked (pure, `rates::validate`), stored, adopted here
+    /// and published on `abs.rates` so every node's ABS follows at once.
+    pub async fn set_rates(
+        &self,
+        bus: &dyn Bus,
+        new: Vec<ledger::Rate>,
+    ) -> Result<rates::RateSet, AbsError> {
+        rates::validate(&new).map_err(|e| AbsError::Invalid(e.to_string()))?;
+        // Versions are times, kept increasing even if the clock steps back.
+        let now_ms = i64::try_from(kernel::now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let version = now_ms.max(self.current_rates().version + 1);
+        let set = rates::RateSet {
+            version,
+            rates: Arc::new(new),
+        };
+        // Stored first (the system of record: a restarted node reads it), then published.
+        let body = set.to_json().to_string();
+        let saved = self
+            .store
+            .abs_save_rate_set(version, &body)
+            .await
+            .map_err(|e| AbsError::Unavailable(e.to_string()))?;
+        if !saved {
+            return Err(AbsError::Invalid(
+                "a newer rate set was saved meanwhile".into(),
+            ));
+        }
+        self.adopt_rates(set.clone());
+        // A lost message is caught up by the periodic reload in `follow_rates`.
+        if let Err(error) = bus.publish(subjects::ABS_RATES, Bytes::from(body)).await {
+            tracing::warn!(%error, "rates saved but not published; nodes reload them");
+        }
+        Ok(set)
+    }
+
+    /// Follows the rates: the stored set at start, every set published on `abs.rates` (any
+    /// node's change) at once, and the stored set again every `RATES_RELOAD` in case a
+    /// message was lost. Runs until the bus closes.
+    pub async fn follow_rates(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
+        let mut changes = bus.subscribe(subjects::ABS_RATES).await?;
+        let mut reload = tokio::time::interval(RATES_RELOAD);
+        loop {
+            tokio::select! {
+                _ = reload.tick() => self.reload_rates().await,
+                message = changes.next() => {
+                    let Some(message) = message else { return Ok(()) };
+                    match rates::RateSet::from_json(&message.payload) {
+                        Some(set) => {
+                            if self.adopt_rates(set) {
+                                tracing::info!("rates changed");
+                            }
+                        }
+                        None => tracing::warn!("ignored a malformed rate set on abs.rates"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adopts the stored rate set if it is newer than the current one.
+    async fn reload_rates(&self) {
+        match self.store.abs_rate_set().await {
+            Ok(Some((_, body))) => match rates::RateSet::from_json(body.as_bytes()) {
+                Some(set) => {
+                    self.adopt_rates(set);
+                }
+                None => tracing::warn!("the stored rate set is malformed"),
+            },
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "rates not reloaded"),
+        }
+    }
+
+    async fn quote_key(&self) -> Result<&[u8], AbsError> {
+        self.quote_key
+            .get_or_try_init(|| async {
+                let mut candidate = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut candidate);
+                self.store.secret("abs_quote_key", &candidate).await
+            })
+            .await
+            .map(Vec::as_slice)
+            .map_err(|e| AbsError::Unavailable(e.to_string()))
+    }
+
+    /// A quote for `customer` to convert `amount` into `to` at the current rate: the quote
+    /// and its signed token (its id).
+    pub async fn quote(
+        &self,
+        customer: &CustomerId,
+        amount: Money,
+        to: Currency,
+    ) -> Result<(quotes::Quote, String), QuoteFailure> {
+        let key = self.quote_key().await.map_err(QuoteFailure::Abs)?;
+        let mut nonce = [0u8; 12];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let nonce = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let quote = quotes::Quote::price(
+            &self.rates(),
+            customer.clone(),
+            amount,
+            to,
+            nonce,
+            kernel::now(),
+            self.quote_validity,
+        )
+        .map_err(QuoteFailure::Quote)?;
+        let token = quote.sign(key);
+        Ok((quote, token))
+    }
+
+    /// Checks a quote token for `customer` now.
+    pub(crate) async fn check_quote(
+        &self,
+        customer: &CustomerId,
+        token: &str,
+    ) -> Result<quotes::Quote, QuoteFailure> {
+        let key = self.quote_key().await.map_err(QuoteFailure::Abs)?;
+        quotes::Quote::verify(key, token, customer, kernel::now()).map_err(QuoteFailure::Quote)
     }
 
     /// Posts to an account and publishes `transaction_posted` and `balance_changed`.
@@ -200,20 +382,34 @@ impl Abs {
         }))
     }
 
-    /// Answers `abs.cmd.customer.get` and `abs.cmd.payment` on the bus until the bus
-    /// closes. Every node runs it in a queue group, so any node's ABS answers.
+    /// Answers `abs.cmd.customer.get`, `abs.cmd.payment` and `abs.cmd.hold.*` on the bus
+    /// until the bus closes. Every node runs it in a queue group, so any node's ABS answers.
     pub async fn serve(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
         let customers = bus
             .queue_subscribe(&subjects::abs_command("customer.get"), "abs")
             .await?
-            .map(|m| (false, m));
+            .map(|m| (Command::Customer, m));
         let payments = bus
             .queue_subscribe(&subjects::abs_command("payment"), "abs")
             .await?
-            .map(|m| (true, m));
-        let mut requests = futures::stream::select(customers, payments);
+            .map(|m| (Command::Payment, m));
+        let mut holds = Vec::new();
+        for (name, op) in [
+            ("hold.authorize", holds::HoldOp::Authorize),
+            ("hold.capture", holds::HoldOp::Capture),
+            ("hold.release", holds::HoldOp::Release),
+        ] {
+            let subscription = bus
+                .queue_subscribe(&subjects::abs_command(name), "abs")
+                .await?;
+            holds.push(subscription.map(move |m| (Command::Hold(op), m)));
+        }
+        let mut requests = futures::stream::select(
+            futures::stream::select(customers, payments),
+            futures::stream::select_all(holds),
+        );
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
-        while let Some((payment, message)) = requests.next().await {
+        while let Some((command, message)) = requests.next().await {
             let Some(reply) = message.reply else { continue };
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
@@ -221,10 +417,10 @@ impl Abs {
             let abs = self.clone();
             let bus = bus.clone();
             tokio::spawn(async move {
-                let answer = if payment {
-                    abs.answer_payment(&message.payload).await
-                } else {
-                    abs.answer_customer_get(&message.payload).await
+                let answer = match command {
+                    Command::Payment => abs.answer_payment(&message.payload).await,
+                    Command::Customer => abs.answer_customer_get(&message.payload).await,
+                    Command::Hold(op) => abs.answer_hold(op, &message.payload).await,
                 };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
                 drop(permit);

@@ -28,7 +28,7 @@ fn err(code: &str, detail: impl Into<String>) -> CommandError {
     CommandError::new(code, detail)
 }
 
-fn store_err(error: StoreError) -> CommandError {
+pub(crate) fn store_err(error: StoreError) -> CommandError {
     match error {
         StoreError::NotFound => err("account_not_found", "no such account"),
         StoreError::Refused(code) => err(code, code.replace('_', " ")),
@@ -38,7 +38,7 @@ fn store_err(error: StoreError) -> CommandError {
 
 /// The floor of a product: customers' accounts may not go negative (an `overdraft` in the
 /// details lowers it), the bank's own accounts and loans have none.
-fn floor(product: &AbsProduct) -> i64 {
+pub(crate) fn floor(product: &AbsProduct) -> i64 {
     match product.kind.as_str() {
         "internal" | "loan" => i64::MIN,
         _ => product
@@ -56,6 +56,16 @@ fn currency_of(product: &AbsProduct) -> Result<Currency, CommandError> {
 impl Abs {
     /// Executes a payment order (idempotent by its id).
     pub async fn pay(&self, command: &PaymentCommand) -> Result<PaymentReceipt, CommandError> {
+        self.pay_or_capture(command, None).await
+    }
+
+    /// A payment order, or (with `hold_id`) the capture of a hold: the same transfer,
+    /// written by `abs_capture` so the debit is at most the hold and the hold ends with it.
+    pub(crate) async fn pay_or_capture(
+        &self,
+        command: &PaymentCommand,
+        hold_id: Option<&str>,
+    ) -> Result<PaymentReceipt, CommandError> {
         if command.id.is_empty() || command.id.len() > 100 {
             return Err(err("invalid_command", "id must be 1 to 100 characters"));
         }
@@ -124,6 +134,27 @@ impl Abs {
         // The legs, planned by the pure ledger.
         let fee = command.fee.filter(|f| f.minor > 0);
         let income = income_account(from_currency);
+        // A quoted conversion: the quote's terms, if it is this customer's, intact, unexpired
+        // and for exactly this amount and pair.
+        let quote = match &command.quote {
+            Some(token) => {
+                let quote = self
+                    .check_quote(&command.customer_id, token)
+                    .await
+                    .map_err(|failure| match failure {
+                        crate::QuoteFailure::Quote(e) => err(e.code(), e.to_string()),
+                        crate::QuoteFailure::Abs(e) => err("unavailable", e.to_string()),
+                    })?;
+                if quote.amount != command.amount || quote.credited.currency != to_currency {
+                    return Err(err(
+                        "quote_mismatch",
+                        "the quote is for another amount or currency pair",
+                    ));
+                }
+                Some(quote)
+            }
+            None => None,
+        };
         let (mut legs, credited, rate_e6) = if to_currency == from_currency {
             (
                 ledger::transfer_legs(&from.id, &to.id, command.amount, None),
@@ -131,11 +162,21 @@ impl Abs {
                 None,
             )
         } else {
-            let rate = crate::rates::customer_rate(&self.rates, from_currency, to_currency)
-                .ok_or_else(|| err("currency_mismatch", "the bank does not convert this pair"))?;
-            let converted = ledger::convert(command.amount.minor, from_currency, to_currency, rate)
-                .filter(|minor| *minor > 0)
-                .ok_or_else(|| err("invalid_command", "amount too small to convert"))?;
+            let (rate, converted) = match &quote {
+                Some(quote) => (quote.rate_e6, quote.credited.minor),
+                None => {
+                    let rate =
+                        crate::rates::customer_rate(&self.rates(), from_currency, to_currency)
+                            .ok_or_else(|| {
+                                err("currency_mismatch", "the bank does not convert this pair")
+                            })?;
+                    let converted =
+                        ledger::convert(command.amount.minor, from_currency, to_currency, rate)
+                            .filter(|minor| *minor > 0)
+                            .ok_or_else(|| err("invalid_command", "amount too small to convert"))?;
+                    (rate, converted)
+                }
+            };
             let converted = Money::new(converted, to_currency);
             (
                 ledger::fx_legs(
@@ -191,7 +232,14 @@ impl Abs {
             description: command.description.clone(),
             counterparty: payee.clone(),
         };
-        let result = store.abs_transfer(&transfer).await.map_err(store_err)?;
+        let result = match hold_id {
+            Some(hold_id) => store.abs_capture(hold_id, &transfer).await,
+            None => store.abs_transfer(&transfer).await,
+        }
+        .map_err(|e| match e {
+            StoreError::NotFound if hold_id.is_some() => err("hold_not_found", "no such hold"),
+            other => store_err(other),
+        })?;
 
         // Changes for every customer leg: a transaction per leg, then each account's balance.
         let fee_legs = if fee.is_some() { 2 } else { 0 };

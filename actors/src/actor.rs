@@ -8,7 +8,7 @@ use domain::views::{self, TransactionQuery};
 use domain::{CustomerState, EventDraft};
 use kernel::bus::subjects;
 use kernel::metrics;
-use kernel::store::{Commit, OutboxMessage, Snapshot, StoreError};
+use kernel::store::{Commit, OutboxMessage, ScheduleWrite, Snapshot, StoreError};
 use kernel::{Change, FeedEvent};
 use serde_json::{Value, json};
 
@@ -122,6 +122,7 @@ impl CustomerActor {
             CustomerRequest::MarkRead { .. }
             | CustomerRequest::SaveAutopayment { .. }
             | CustomerRequest::DeleteAutopayment { .. }
+            | CustomerRequest::RunScheduled { .. }
             | CustomerRequest::SaveTemplate { .. }
             | CustomerRequest::DeleteTemplate { .. }
             | CustomerRequest::Apply { .. }
@@ -183,6 +184,7 @@ impl CustomerActor {
                 change_ids: vec![],
                 snapshot: Some(self.snapshot()),
                 outbox: vec![],
+                schedules: vec![],
             };
             let store = self.deps.store.clone();
             // A conflict here only means a newer owner wrote meanwhile: its journal wins.
@@ -261,6 +263,10 @@ impl Handler<Ask> for CustomerActor {
                     AtomicResponse::new(Box::pin(fut::ready(Err(CallError::not_found()))))
                 }
             }
+            CustomerRequest::RunScheduled {
+                autopayment_id,
+                due_at_ms,
+            } => AtomicResponse::new(self.run_scheduled(&autopayment_id, due_at_ms)),
             CustomerRequest::DeleteTemplate { id } => {
                 if self.state.templates.contains_key(&id) {
                     let draft = CustomerState::template_deleted(&id, kernel::now());
@@ -310,14 +316,21 @@ impl Message for RunAutopay {
 impl Handler<RunAutopay> for CustomerActor {
     type Result = AtomicResponse<Self, ()>;
 
-    /// Pays the run (idempotent by its id, the autopayment id plus the period); a refusal
-    /// is journaled as a `payment_status` `rejected` event with a notification, so the run
-    /// is not retried in this period and the customer learns of it.
     fn handle(&mut self, RunAutopay(order): RunAutopay, _ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
         if self.state.payments.contains_key(&order.payment_id) {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
+        AtomicResponse::new(Box::pin(self.run_autopay(order).map(|_, _, _| ())))
+    }
+}
+
+impl CustomerActor {
+    /// Pays one autopayment run (idempotent by its id, the autopayment id plus the period);
+    /// a refusal is journaled as a `payment_status` `rejected` event with a notification, so
+    /// the run is not retried in this period and the customer learns of it. Only a transient
+    /// failure (the store or the bus) is an error: the run is tried again later.
+    fn run_autopay(&mut self, order: domain::payments::PaymentOrder) -> Work {
         let failed = order.clone();
         let work = self.pay(order).then(move |result, actor: &mut CustomerActor, _ctx| {
             match result {
@@ -334,7 +347,36 @@ impl Handler<RunAutopay> for CustomerActor {
                 Ok(answer) => Box::pin(fut::ready(Ok(answer))),
             }
         });
-        AtomicResponse::new(Box::pin(work.map(|_, _, _| ())))
+        Box::pin(work)
+    }
+
+    /// A due run of a monthly/weekly autopayment (asked by the node's scheduler): decided by
+    /// the pure `scheduled_run`, paid through the same path as balance triggers, answered
+    /// with where the schedule index moves next.
+    fn run_scheduled(&mut self, autopayment_id: &str, due_at_ms: i64) -> Work {
+        use domain::scheduled::ScheduledRun;
+        let due_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_at_ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        match self
+            .state
+            .scheduled_run(autopayment_id, due_at, kernel::now())
+        {
+            ScheduledRun::Gone => Box::pin(fut::ready(Ok(json!({"next_run_ms": null})))),
+            ScheduledRun::AlreadyRun { next_run_ms } => {
+                Box::pin(fut::ready(Ok(json!({"next_run_ms": next_run_ms}))))
+            }
+            ScheduledRun::Run { order, next_run_ms } => {
+                Box::pin(self.run_autopay(*order).map(move |result, _, _| {
+                    // `pending`: the ABS did not answer. The index stays due, so the next
+                    // tick asks again (the ABS applies the run's id at most once).
+                    if result.as_ref().is_ok_and(|a| a["status"] == "pending") {
+                        return Err(CallError::unavailable("the ABS did not answer"));
+                    }
+                    result.map(|_| json!({"next_run_ms": next_run_ms}))
+                }))
+            }
+        }
     }
 }
 
@@ -377,6 +419,7 @@ impl CustomerActor {
             store,
             customer_id,
             contact,
+            self.deps.config.partitions,
             expected_version,
             decisions,
             snapshot,
@@ -459,6 +502,7 @@ impl CustomerActor {
             amount: order.amount,
             fee: (order.fee.minor > 0).then_some(order.fee),
             description: order.description.clone(),
+            quote: order.quote.clone(),
         };
         let bus = self.deps.bus.clone();
         let timeout = self.deps.config.request_timeout;
@@ -538,6 +582,7 @@ impl CustomerActor {
                 actor.deps.store.clone(),
                 actor.state.customer_id.clone(),
                 contact,
+                actor.deps.config.partitions,
                 actor.state.version,
                 decisions,
                 actor.snapshot_if_due(),
@@ -603,6 +648,7 @@ impl CustomerActor {
             self.deps.store.clone(),
             self.state.customer_id.clone(),
             contact,
+            self.deps.config.partitions,
             self.state.version,
             decisions,
             self.snapshot_if_due(),
@@ -623,6 +669,7 @@ async fn commit_decisions(
     store: Arc<dyn kernel::store::Store>,
     customer_id: kernel::CustomerId,
     contact: Contact,
+    partitions: u32,
     expected_version: u64,
     decisions: Vec<Decision>,
     snapshot: Option<Snapshot>,
@@ -632,6 +679,7 @@ async fn commit_decisions(
         let (commit, mut report) = build_commit(
             &customer_id,
             &contact,
+            partitions,
             expected_version,
             &decisions,
             &skip,
@@ -684,6 +732,7 @@ struct Contact {
 fn build_commit(
     customer_id: &kernel::CustomerId,
     contact: &Contact,
+    partitions: u32,
     expected_version: u64,
     decisions: &[Decision],
     skip: &[String],
@@ -741,6 +790,17 @@ fn build_commit(
         request.language = notifier::Language::parse(&contact.language);
         Some(request.outbox_message())
     }));
+    // The schedule index follows the journal in the same transaction.
+    let partition = customer_id.partition(partitions);
+    let schedules = events
+        .iter()
+        .filter_map(domain::scheduled::schedule_change)
+        .map(|(autopayment_id, next_run_ms)| ScheduleWrite {
+            autopayment_id,
+            partition,
+            next_run_ms,
+        })
+        .collect();
     let commit = Commit {
         customer_id: customer_id.clone(),
         expected_version,
@@ -748,6 +808,7 @@ fn build_commit(
         change_ids,
         snapshot,
         outbox,
+        schedules,
     };
     (commit, report)
 }

@@ -11,6 +11,8 @@
 //! - actor.rs: the actor. Reads come from memory. A change is decided by the pure domain
 //!   crate, committed (events, change ids, snapshot, outbox) in one store transaction, and
 //!   only then folded into the state. Idle actors passivate after `idle_timeout`.
+//! - scheduler.rs: the per-node loop that runs due monthly/weekly autopayments of the owned
+//!   partitions (the store's schedule index) through their customers' actors.
 //! - relay.rs: the outbox relay that turns committed events into live messages.
 //! - [`protocol`]: requests, replies and errors as data.
 //!
@@ -34,6 +36,7 @@ pub mod protocol;
 mod registry;
 mod relay;
 pub mod runtime;
+mod scheduler;
 mod sink;
 
 pub use node::{Node, Wiring};
@@ -53,6 +56,10 @@ pub struct ActorConfig {
     pub mailbox_capacity: usize,
     /// How long a call to another node (or to the ABS) may take.
     pub request_timeout: Duration,
+    /// How often the scheduler scans for due monthly/weekly autopayments.
+    pub autopay_tick: Duration,
+    /// Due autopayment runs taken per scan at most.
+    pub autopay_batch: u32,
 }
 
 impl Default for ActorConfig {
@@ -63,6 +70,8 @@ impl Default for ActorConfig {
             snapshot_every: 64,
             mailbox_capacity: 64,
             request_timeout: Duration::from_secs(5),
+            autopay_tick: scheduler::DEFAULT_TICK,
+            autopay_batch: 100,
         }
     }
 }

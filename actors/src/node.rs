@@ -77,8 +77,21 @@ impl Node {
                 owned,
             }),
         };
-        tokio::spawn(follow_ownership(node.clone(), serve_remote, shutdown));
+        tokio::spawn(follow_ownership(
+            node.clone(),
+            serve_remote,
+            shutdown.clone(),
+        ));
+        tokio::spawn(crate::scheduler::run(node.clone(), shutdown));
         node
+    }
+
+    pub(crate) fn config(&self) -> &ActorConfig {
+        &self.inner.deps.config
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.deps.store
     }
 
     pub fn partitions(&self) -> u32 {

@@ -62,6 +62,13 @@ pub enum CustomerRequest {
     },
     /// `DELETE /v1/autopayments/{id}`: journals `autopayment_deleted`, or `not_found`.
     DeleteAutopayment { id: String },
+    /// The scheduler found the run of a monthly/weekly autopayment due at `due_at_ms` (the
+    /// schedule index): pays it unless its period's run is recorded, and answers
+    /// `{"next_run_ms": <ms> | null}`, where the index moves next (null: remove it).
+    RunScheduled {
+        autopayment_id: String,
+        due_at_ms: i64,
+    },
 }
 
 /// A request with its addressee, as it travels over the bus.

@@ -119,6 +119,7 @@ async fn activate(id: &CustomerId, deps: &Deps) -> Result<(CustomerState, u64), 
                 change_ids: vec![],
                 snapshot: Some(snapshot),
                 outbox: vec![],
+                schedules: vec![],
             };
             match deps.store.commit(commit).await {
                 Ok(_) | Err(kernel::store::StoreError::VersionConflict) => {}

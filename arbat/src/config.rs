@@ -107,6 +107,12 @@ pub struct RawSettings {
     /// development key, with a warning].
     #[arg(long, env = "ARBAT_OPERATIONS_KEY")]
     pub operations_key: Option<String>,
+    /// How often the node scans for due monthly/weekly autopayments [default: 1000].
+    #[arg(long, env = "ARBAT_AUTOPAY_TICK_MS")]
+    pub autopay_tick_ms: Option<String>,
+    /// How long a currency quote holds [default: 30].
+    #[arg(long, env = "ARBAT_QUOTE_TTL_S")]
+    pub quote_ttl_s: Option<String>,
 }
 
 impl RawSettings {
@@ -120,6 +126,8 @@ impl RawSettings {
             demo: self.demo.or(other.demo),
             partitions: self.partitions.or(other.partitions),
             idle_timeout_ms: self.idle_timeout_ms.or(other.idle_timeout_ms),
+            autopay_tick_ms: self.autopay_tick_ms.or(other.autopay_tick_ms),
+            quote_ttl_s: self.quote_ttl_s.or(other.quote_ttl_s),
             node_id: self.node_id.or(other.node_id),
             lease_ttl_ms: self.lease_ttl_ms.or(other.lease_ttl_ms),
             backoffice_key: self.backoffice_key.or(other.backoffice_key),
@@ -175,6 +183,8 @@ pub struct Config {
     pub operations_dir: PathBuf,
     /// Base64 Ed25519 public key of the definitions; `None`: the development key.
     pub operations_key: Option<String>,
+    /// How long a currency quote holds.
+    pub quote_validity: time::Duration,
 }
 
 /// The development key pair's public half (operations/dev-signing.key signs the shipped
@@ -321,6 +331,13 @@ impl Config {
                 100,
                 86_400_000,
             )?),
+            autopay_tick: Duration::from_millis(number(
+                "autopay-tick-ms",
+                raw.autopay_tick_ms.as_deref(),
+                1_000,
+                10,
+                3_600_000,
+            )?),
             ..actors::ActorConfig::default()
         };
         let gateway = channels::GatewayConfig {
@@ -430,6 +447,13 @@ impl Config {
             )?),
             actor_threads: number("actor-threads", raw.actor_threads.as_deref(), cores, 1, 256)?,
             token_key_id: number("token-key-id", raw.token_key_id.as_deref(), 1, 1, 1_000_000)?,
+            quote_validity: time::Duration::seconds(number(
+                "quote-ttl-s",
+                raw.quote_ttl_s.as_deref(),
+                30,
+                1,
+                3_600,
+            )?),
             actors,
             gateway,
             notifier,

@@ -111,7 +111,7 @@ pub async fn run(
         .set_presence(Arc::new(crate::notify::BusPresence { bus: bus.clone() }));
 
     // The reference ABS answers on the bus from every node (a queue group).
-    let abs = abs::Abs::new(store.clone(), sink.clone());
+    let abs = abs::Abs::new(store.clone(), sink.clone()).with_quote_validity(config.quote_validity);
     if config.demo {
         let added = abs::demo::seed(&*store)
             .await
@@ -123,6 +123,7 @@ pub async fn run(
         tracing::info!(added, "demo data seeded");
     }
     tokio::spawn(abs.clone().serve(bus.clone()));
+    tokio::spawn(abs.clone().follow_rates(bus.clone()));
 
     // Key rotation: the current key signs; the previous one is still accepted, so tokens
     // signed before a rotation stay valid until they expire. Every node shares both.

@@ -185,14 +185,14 @@ impl AuthReport {
 }
 
 /// An embedded node (SQLite, in-process bus and ABS, demo data) with raised rate limits.
-struct EmbeddedNode {
-    node: ChildProcess,
-    url: String,
+pub(crate) struct EmbeddedNode {
+    pub(crate) node: ChildProcess,
+    pub(crate) url: String,
     _dir: TempDir,
 }
 
 impl EmbeddedNode {
-    async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
+    pub(crate) async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
         let dir = TempDir::new("arbat-bench-auth")?;
         let port = testkit::free_port();
         let url = format!("http://127.0.0.1:{port}");

@@ -27,6 +27,13 @@
 //!   CPU groups of their own) for [`scale`] and [`activation`].
 //! - [`scale`]: `arbat bench scale`; [`activation`]: `arbat bench activation`.
 //! - [`progress`]: the once-a-second sampler (progress line, timelines); [`svg`]: the plots.
+//! - [`report`]: hdrhistogram latencies and the report (console table, Markdown, JSON).
+//! - [`payments`]: `arbat bench payments`, payments/s end to end beside the ledger's own
+//!   postings/s ([`ledger_baseline`], in process; [`payments_report`]).
+//! - [`mixed`]: `arbat bench mixed`, a realistic day in a configurable mix ([`mix`]).
+//! - [`payclient`]: what those two share (the payment request, the accounting of answers,
+//!   frames paired with payments); [`hosting`]: the node under test (self-hosted embedded
+//!   or cluster, or `--url`), the reproduce command, the machine's load.
 //!
 //! # What is measured
 //!
@@ -45,6 +52,13 @@ pub mod idle;
 pub mod nodes;
 pub mod peers;
 pub mod progress;
+pub mod hosting;
+pub mod ledger_baseline;
+pub mod mix;
+pub mod mixed;
+pub mod payclient;
+pub mod payments;
+pub mod payments_report;
 pub mod publisher;
 pub mod relay;
 pub mod report;
@@ -93,6 +107,12 @@ pub enum BenchCommand {
     /// The live path with 1, 2 and 4 self-hosted nodes, each with an equal CPU quota:
     /// throughput per node, scaling efficiency, CPU and bus messages per event.
     Scale(scale::ScaleArgs),
+    /// Payments/s end to end (HTTP → actor → ABS ledger → feed → WebSocket) beside the
+    /// ledger's own postings/s, spread and hot-account scenarios, embedded or clustered.
+    Payments(payments::PaymentsArgs),
+    /// A realistic day at a total rate: logins, reads, payments, incoming transfers and
+    /// notifications in a configurable mix, per-kind counts and latency.
+    Mixed(mixed::MixedArgs),
     /// The baseline relay alone (started by `bench live`; useful by hand).
     #[command(hide = true)]
     Relay(relay::RelayArgs),
@@ -250,6 +270,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         }
         BenchCommand::Scale(args) => {
             scale::run_scale(args).await?;
+            Ok(Report::default())
+        }
+        BenchCommand::Payments(args) => {
+            payments::run_payments(args).await?;
+            Ok(Report::default())
+        }
+        BenchCommand::Mixed(args) => {
+            mixed::run_mixed(args).await?;
             Ok(Report::default())
         }
         BenchCommand::Relay(relay) => {

@@ -6,7 +6,8 @@
 //! (`{"kind": "balance", "account", "below"}`: top up `account` from `from` when its balance
 //! falls below `below`) are executed by the customer's actor when it folds the balance
 //! change, at most once per UTC day (the payment id is the autopayment id plus the day). The
-//! clock-driven kinds (`monthly`, `weekly`) are refused for now with 422 `unsupported_schedule`.
+//! clock-driven kinds (`monthly` on a day, `weekly` on a weekday) are indexed in the store
+//! with their next run and executed by each node's scheduler (actors crate), once per period.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use domain::autopay::{Autopayment, Schedule};
 use kernel::Money;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::Gateway;
@@ -96,14 +97,6 @@ pub(crate) async fn create(
     schedule
         .validate()
         .map_err(|e| invalid_field(e.field, e.reason))?;
-    if !matches!(schedule, Schedule::Balance { .. }) {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported_schedule",
-            "only balance-triggered autopayments are available yet",
-        )
-        .with("field", json!("schedule.kind")));
-    }
     let digest = Sha256::new()
         .chain_update(claims.sub.as_str())
         .chain_update([0u8])

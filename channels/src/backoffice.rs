@@ -1,4 +1,5 @@
-//! Back-office endpoints: Cache Control ingest and the reference ABS's admin postings.
+//! Back-office endpoints: Cache Control ingest and the reference ABS's admin postings and
+//! rates.
 //! Both take the back-office key as a bearer token; customer tokens never open them.
 
 use std::sync::Arc;
@@ -127,5 +128,34 @@ pub(crate) async fn abs_post(
             };
             Err(Problem::new(status, error.code(), error.to_string()))
         }
+    }
+}
+
+/// `PUT /admin/v1/abs/rates` `{"items": [{"base", "quote", "buy", "sell"}]}`: the reference
+/// ABS's treasury sets the rates; published on `abs.rates`, every node follows at once.
+pub(crate) async fn abs_rates(
+    State(gateway): State<Arc<Gateway>>,
+    _: Backoffice,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Json(body) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let Some(abs) = &gateway.abs else {
+        return Err(Problem::not_found());
+    };
+    let invalid = |field: String, reason: String| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", reason)
+            .with("field", json!(field))
+    };
+    let items = body.get("items").unwrap_or(&Value::Null);
+    let rates = abs::rates::parse_items(items).map_err(|e| invalid(e.field, e.reason.into()))?;
+    abs::rates::validate(&rates).map_err(|e| invalid(e.field, e.reason.into()))?;
+    match abs.set_rates(&*gateway.bus, rates).await {
+        Ok(set) => Ok(Json(set.to_json())),
+        Err(abs::AbsError::Unavailable(_)) => Err(Problem::unavailable("the bus is unavailable")),
+        Err(error) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            error.to_string(),
+        )),
     }
 }

@@ -16,6 +16,7 @@
 //! - ws.rs and hub.rs: `GET /v1/ws`, resumable live push (replay from the store, then live
 //!   events from the bus, deduplicated by seq), and the per-node fan-out of live subjects.
 //! - payments.rs: the operation catalogue, payments (with step-up), rates and conversions;
+//! - quotes.rs: `POST /v1/quotes`, signed quotes the reference ABS honours in conversions;
 //!   templates.rs: saved payments paid through the same path; autopayments.rs: standing
 //!   orders (balance triggers) run by the customer's actor.
 //! - [`studio`]: Operation Studio definitions from a folder, signed (Ed25519), hot-reloaded.
@@ -55,6 +56,7 @@ mod notifications;
 mod ops;
 mod payments;
 pub mod problem;
+mod quotes;
 mod rest;
 pub mod revocations;
 mod staff;
@@ -195,6 +197,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/payments/{id}", get(payments::payment))
         .route("/v1/rates", get(payments::rates))
         .route("/v1/conversions", post(payments::convert))
+        .route("/v1/quotes", post(quotes::quote))
         .route(
             "/v1/templates",
             get(templates::list).post(templates::create),
@@ -223,6 +226,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/cache-control/v1/events", post(backoffice::ingest))
         .route("/admin/v1/abs/postings", post(backoffice::abs_post))
+        .route(
+            "/admin/v1/abs/rates",
+            axum::routing::put(backoffice::abs_rates),
+        )
         .fallback(|| async { problem::Problem::not_found() })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(

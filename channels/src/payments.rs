@@ -1,4 +1,5 @@
-//! Payments Hub endpoints: the operation catalogue, payments, rates and conversions.
+//! Payments Hub endpoints: the operation catalogue, payments, rates and conversions (at
+//! the bank's rate, or at a quote's: see quotes.rs).
 //!
 //! The gateway validates a payment against its Operation Studio definition (fields, fee,
 //! limits, routing) and hands the customer's actor a `PaymentOrder`; the actor checks it
@@ -191,6 +192,7 @@ pub(crate) fn build_order(
         limits: customer_limits(&definition.limits),
         description: definition.raw.title.get("en").cloned().unwrap_or_default(),
         confirmed: false,
+        quote: None,
     })
 }
 
@@ -376,7 +378,7 @@ pub(crate) async fn rates(
     Customer(_claims): Customer,
 ) -> Result<Json<Value>, Problem> {
     let abs = gateway.abs.as_ref().ok_or_else(Problem::not_found)?;
-    Ok(Json(abs::rates::rates_json(abs.rates())))
+    Ok(Json(abs::rates::rates_json(&abs.rates())))
 }
 
 #[derive(Deserialize)]
@@ -385,6 +387,9 @@ struct ConversionBody {
     from: String,
     to: String,
     amount: Money,
+    /// A quote (`POST /v1/quotes`): converted at its rate, or refused.
+    #[serde(default)]
+    quote: Option<String>,
 }
 
 /// `POST /v1/conversions`: between the customer's own accounts at the bank's rate (the
@@ -411,6 +416,17 @@ pub(crate) async fn convert(
     if request.to.is_empty() || request.to.len() > 64 {
         return Err(invalid_field("to", "is not an account id"));
     }
+    if request
+        .quote
+        .as_ref()
+        .is_some_and(|q| q.is_empty() || q.len() > 1024)
+    {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "quote_not_found",
+            "no such quote",
+        ));
+    }
     let order = PaymentOrder {
         payment_id: payment_id(&claims.sub, &key),
         body_hash: hash,
@@ -425,6 +441,7 @@ pub(crate) async fn convert(
         limits: Limits::default(),
         description: "Currency conversion".to_owned(),
         confirmed: false,
+        quote: request.quote,
     };
     let answer = gateway
         .node

@@ -97,8 +97,17 @@ impl From<actors::CallError> for Problem {
                 "idempotency_conflict",
                 "this Idempotency-Key was used with another request",
             ),
+            "quote_not_found" => {
+                Problem::new(StatusCode::NOT_FOUND, "quote_not_found", "no such quote")
+            }
+            "quote_used" => Problem::new(
+                StatusCode::CONFLICT,
+                "quote_used",
+                "this quote was used by another conversion",
+            ),
             "insufficient_funds" | "limit_exceeded" | "card_blocked" | "account_closed"
-            | "currency_mismatch" | "invalid_field" | "invalid_command" => Problem::new(
+            | "currency_mismatch" | "invalid_field" | "invalid_command" | "quote_expired"
+            | "quote_mismatch" => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 payment_code(&error.code),
                 error.detail,
@@ -122,6 +131,8 @@ fn payment_code(code: &str) -> &'static str {
         "account_closed" => "account_closed",
         "currency_mismatch" => "currency_mismatch",
         "invalid_field" => "invalid_field",
+        "quote_expired" => "quote_expired",
+        "quote_mismatch" => "quote_mismatch",
         _ => "invalid_payment",
     }
 }

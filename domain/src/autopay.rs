@@ -426,65 +426,16 @@ mod tests {
         assert!(!due(&monthly, datetime!(2026-12-04 00:00 UTC), at));
     }
 
-    fn state_with(balance: i64) -> CustomerState {
-        use crate::customer::{Product, ProductKind, Profile};
-        use kernel::{Currency, CustomerId};
-        let product = |id: &str, minor: i64| Product {
-            id: id.into(),
-            kind: ProductKind::Account,
-            title: id.into(),
-            status: "active".into(),
-            balance: Some(Money::new(minor, Currency::RUB)),
-            details: Map::new(),
-        };
-        CustomerState::new(Profile {
-            customer_id: CustomerId::parse("c1").unwrap(),
-            name: "Anna".into(),
-            phone: "+79990000001".into(),
-            language: "en".into(),
-            products: vec![product("a1", balance), product("a2", 10_000_000)],
-        })
-    }
+    use super::tests_support::{fold, state_with};
 
     fn top_up() -> Autopayment {
-        use kernel::Currency;
-        use kernel::payment::Destination;
         Autopayment {
-            id: "apm-1".into(),
-            name: "card".into(),
             schedule: Schedule::Balance {
                 account: "a1".into(),
                 below_minor: 10_000,
             },
-            order: PaymentOrder {
-                payment_id: String::new(),
-                body_hash: String::new(),
-                operation: "transfer.own".into(),
-                from: "a2".into(),
-                to: Destination::Account {
-                    account_id: "a1".into(),
-                    own: true,
-                },
-                amount: Money::new(5_000, Currency::RUB),
-                fee: Money::new(0, Currency::RUB),
-                limits: Default::default(),
-                description: String::new(),
-                confirmed: false,
-            },
-            body_hash: "h".into(),
-            created_at: OffsetDateTime::UNIX_EPOCH,
+            ..super::tests_support::monthly("apm-1", 1)
         }
-    }
-
-    fn fold(state: &mut CustomerState, draft: EventDraft) {
-        let event = FeedEvent {
-            seq: state.version + 1,
-            id: draft.id,
-            kind: draft.kind.into(),
-            at: draft.at,
-            data: draft.data,
-        };
-        state.apply(&event);
     }
 
     #[test]
@@ -525,5 +476,71 @@ mod tests {
             .is_err()
         );
         assert!(Schedule::Monthly { day: 31 }.validate().is_ok());
+    }
+}
+
+/// Builders shared by the autopayment tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn state_with(balance: i64) -> CustomerState {
+        use crate::customer::{Product, ProductKind, Profile};
+        use kernel::{Currency, CustomerId};
+        let product = |id: &str, minor: i64| Product {
+            id: id.into(),
+            kind: ProductKind::Account,
+            title: id.into(),
+            status: "active".into(),
+            balance: Some(Money::new(minor, Currency::RUB)),
+            details: Map::new(),
+        };
+        CustomerState::new(Profile {
+            customer_id: CustomerId::parse("c1").unwrap(),
+            name: "Anna".into(),
+            phone: "+79990000001".into(),
+            language: "en".into(),
+            products: vec![product("a1", balance), product("a2", 10_000_000)],
+        })
+    }
+
+    /// `a2` pays 50.00 RUB to the own account `a1` on `day` of every month.
+    pub(crate) fn monthly(id: &str, day: u8) -> Autopayment {
+        use kernel::Currency;
+        use kernel::payment::Destination;
+        Autopayment {
+            id: id.into(),
+            name: "card".into(),
+            schedule: Schedule::Monthly { day },
+            order: PaymentOrder {
+                payment_id: String::new(),
+                body_hash: String::new(),
+                operation: "transfer.own".into(),
+                from: "a2".into(),
+                to: Destination::Account {
+                    account_id: "a1".into(),
+                    own: true,
+                },
+                amount: Money::new(5_000, Currency::RUB),
+                fee: Money::new(0, Currency::RUB),
+                limits: Default::default(),
+                description: String::new(),
+                confirmed: false,
+                quote: None,
+            },
+            body_hash: "h".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    pub(crate) fn fold(state: &mut CustomerState, draft: EventDraft) {
+        let event = FeedEvent {
+            seq: state.version + 1,
+            id: draft.id,
+            kind: draft.kind.into(),
+            at: draft.at,
+            data: draft.data,
+        };
+        state.apply(&event);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! - [`autopay`]: autopayment schedules (next run, period keys), the pure core only.
+//! - [`autopay`]: autopayments, their schedules (next run, period keys) and balance triggers.
 //! - [`customer`]: a customer's hot state (profile, products, recent transactions, journal
 //!   version) and its two functions: [`CustomerState::decide`] turns a Cache Control change
 //!   into event drafts or a rejection, [`CustomerState::apply`] folds a committed event into
@@ -11,6 +11,8 @@
 //!   named; request fields checked against them.
 //! - [`payments`]: payment checks (idempotency, ownership, currency, funds, limits) and
 //!   `payment_status` events folded into the state.
+//! - [`scheduled`]: monthly/weekly autopayments: the schedule index write an event causes,
+//!   and what a due run is (the period's payment, or already run) and when it runs next.
 //! - [`templates`]: saved payments, journaled as `template_saved`/`template_deleted`.
 //! - [`views`]: what the API reads from the state (products, transaction pages).
 //!
@@ -21,6 +23,7 @@ pub mod autopay;
 pub mod customer;
 pub mod operations;
 pub mod payments;
+pub mod scheduled;
 pub mod templates;
 pub mod views;
 

@@ -97,6 +97,20 @@ pub struct PaymentOrder {
     /// The customer confirmed it with a step-up code (the confirmation rules are skipped).
     #[serde(default)]
     pub confirmed: bool,
+    /// A quote token (conversions): the ABS converts at its rate; one quote pays once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
+}
+
+/// What the state remembers of a quote that paid: the token's mac, unique per quote.
+pub fn quote_key(token: &str) -> String {
+    token
+        .rsplit('.')
+        .next()
+        .unwrap_or(token)
+        .chars()
+        .take(64)
+        .collect()
 }
 
 /// A payment as the state remembers it.
@@ -116,6 +130,9 @@ pub struct PaymentRecord {
     pub credited: Option<Money>,
     pub rate: Option<String>,
     pub payee: Option<String>,
+    /// The quote that paid it (`quote_key`), so that a quote pays once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
     /// The step-up challenge of a payment waiting for confirmation.
     #[serde(default)]
     pub challenge_id: Option<String>,
@@ -169,6 +186,8 @@ pub enum PaymentRejection {
     IdempotencyConflict,
     #[error("the amount must be positive")]
     InvalidAmount,
+    #[error("this quote was used by another payment")]
+    QuoteUsed,
 }
 
 impl PaymentRejection {
@@ -182,6 +201,7 @@ impl PaymentRejection {
             PaymentRejection::LimitExceeded(_) => "limit_exceeded",
             PaymentRejection::IdempotencyConflict => "idempotency_conflict",
             PaymentRejection::InvalidAmount => "invalid_field",
+            PaymentRejection::QuoteUsed => "quote_used",
         }
     }
 }
@@ -231,6 +251,16 @@ impl CustomerState {
                 return Ok(PaymentCheck::Replay(record.answer()));
             }
             // Confirmed: the checks run again against the state as it is now.
+        }
+        if let Some(token) = &order.quote {
+            let key = quote_key(token);
+            if self
+                .payments
+                .values()
+                .any(|p| p.quote.as_deref() == Some(key.as_str()) && p.id != order.payment_id)
+            {
+                return Err(PaymentRejection::QuoteUsed);
+            }
         }
         if order.amount.minor <= 0 || order.fee.minor < 0 {
             return Err(PaymentRejection::InvalidAmount);
@@ -362,6 +392,9 @@ impl CustomerState {
         if let Some(key) = payee_key(&order.to) {
             data.insert("payee_key".into(), json!(key));
         }
+        if let Some(token) = &order.quote {
+            data.insert("quote".into(), json!(quote_key(token)));
+        }
         if let Some(credited) = credited {
             data.insert("credited".into(), json!(credited));
         }
@@ -447,6 +480,7 @@ impl CustomerState {
                 credited: money("credited"),
                 rate: text("rate"),
                 payee: text("payee"),
+                quote: text("quote"),
                 challenge_id: if holding { challenge_id.clone() } else { None },
             },
         );
@@ -519,6 +553,7 @@ mod tests {
             },
             description: String::new(),
             confirmed: false,
+            quote: None,
         }
     }
 
@@ -570,6 +605,42 @@ mod tests {
         assert_eq!(
             state.check_payment(&too_much, at),
             Err(PaymentRejection::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn a_quote_pays_once_and_its_own_payment_replays() {
+        let mut state = state();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let own = || Destination::Account {
+            account_id: "a1".into(),
+            own: true,
+        };
+        let quoted = |id: &str, token: &str| PaymentOrder {
+            quote: Some(token.into()),
+            ..order(id, 100, own(), false)
+        };
+        let first = quoted("p1", "q1.payload.mac-one");
+        assert_eq!(state.check_payment(&first, at), Ok(PaymentCheck::Proceed));
+        fold(
+            &mut state,
+            CustomerState::payment_event(&first, "completed", at, None, None, None),
+        );
+        assert_eq!(state.payments["p1"].quote.as_deref(), Some("mac-one"));
+        // The same payment again (same key): its answer. Another payment with the quote: no.
+        assert!(matches!(
+            state.check_payment(&first, at),
+            Ok(PaymentCheck::Replay(_))
+        ));
+        assert_eq!(
+            state.check_payment(&quoted("p2", "q1.payload.mac-one"), at),
+            Err(PaymentRejection::QuoteUsed)
+        );
+        assert_eq!(PaymentRejection::QuoteUsed.code(), "quote_used");
+        // Another quote is fine.
+        assert_eq!(
+            state.check_payment(&quoted("p3", "q1.payload.mac-two"), at),
+            Ok(PaymentCheck::Proceed)
         );
     }
 

@@ -96,6 +96,9 @@ pub mod subjects {
     pub const ABS_EVENTS_WILDCARD: &str = "abs.evt.*";
     /// Where refused changes go, with the reason, so they never stall the stream.
     pub const ABS_DEAD_LETTER: &str = "abs.dlq";
+    /// The reference ABS's current rate set, published whole when the treasury changes it
+    /// (`{"version", "items": [{"base", "quote", "buy", "sell"}]}`); every node follows.
+    pub const ABS_RATES: &str = "abs.rates";
     /// Commands to the ABS (request/reply), e.g. `abs.cmd.customer.get`.
     pub fn abs_command(name: &str) -> String {
         format!("abs.cmd.{name}")

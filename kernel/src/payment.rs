@@ -39,6 +39,9 @@ pub struct PaymentCommand {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fee: Option<Money>,
     pub description: String,
+    /// A quote token (`POST /v1/quotes`): the conversion happens at its rate, or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
 }
 
 /// What the ABS answers for a posted payment.

@@ -72,6 +72,27 @@ pub struct Commit {
     pub change_ids: Vec<String>,
     pub snapshot: Option<Snapshot>,
     pub outbox: Vec<OutboxMessage>,
+    /// Changes to the index of clock-driven autopayments, written in the same transaction as
+    /// the `autopayment_saved` / `autopayment_deleted` events that cause them.
+    pub schedules: Vec<ScheduleWrite>,
+}
+
+/// One change to the autopayment schedule index (`customer → next run`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleWrite {
+    pub autopayment_id: String,
+    /// The customer's partition, so that each node scans only the partitions it owns.
+    pub partition: u32,
+    /// The next run (Unix ms); `None` removes the autopayment from the index.
+    pub next_run_ms: Option<i64>,
+}
+
+/// A row of the schedule index whose run is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueRun {
+    pub customer_id: CustomerId,
+    pub autopayment_id: String,
+    pub next_run_ms: i64,
 }
 
 /// Customer journals, feeds and the outbox.
@@ -106,6 +127,24 @@ pub trait JournalStore: Send + Sync + 'static {
     /// The oldest outbox rows, at most `limit`.
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
     async fn outbox_delete(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// The oldest due runs (`next_run_ms <= now_ms`) of the given partitions, at most `limit`.
+    async fn schedule_due(
+        &self,
+        partitions: &[u32],
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DueRun>, StoreError>;
+    /// Moves a run from `due_ms` to `next_run_ms` (`None`: removes the row); a no-op (false)
+    /// when the row is gone or was already moved, so a repeated or late write never undoes
+    /// a newer one.
+    async fn schedule_advance(
+        &self,
+        customer: &CustomerId,
+        autopayment_id: &str,
+        due_ms: i64,
+        next_run_ms: Option<i64>,
+    ) -> Result<bool, StoreError>;
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -408,6 +447,27 @@ pub struct AbsTransferResult {
     pub duplicate: bool,
 }
 
+/// An authorization: `amount_minor` of an account reserved until it is captured (a transfer
+/// of at most that much) or released. Idempotent by `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsHold {
+    pub id: String,
+    pub account_id: String,
+    /// Positive, in the account's currency.
+    pub amount_minor: i64,
+    /// The available balance (balance less holds) may not fall below this.
+    pub floor_minor: i64,
+}
+
+/// What an authorization left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbsHoldResult {
+    /// The account's balance less every active hold, after this one.
+    pub available_minor: i64,
+    /// True when this hold id was already authorized (nothing changed).
+    pub duplicate: bool,
+}
+
 /// The reference ABS's own tables: customers, products (accounts with balances) and the
 /// double-entry ledger of transfers (`abs_transfer`), plus single-leg admin postings.
 #[async_trait]
@@ -445,6 +505,28 @@ pub trait AbsStore: Send + Sync + 'static {
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Sets a product's status (`active`, `blocked`, `closed`).
     async fn abs_set_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+    /// Reserves money: refused (`Refused`) with `insufficient_funds` when the available
+    /// balance (balance less active holds) would fall below the floor, `account_closed`,
+    /// `idempotency_conflict` (the id was used for another account or amount); `NotFound`
+    /// for an unknown account. Transfers (`abs_transfer`) check their debits against the
+    /// available balance too.
+    async fn abs_hold(&self, hold: &AbsHold) -> Result<AbsHoldResult, StoreError>;
+    /// Captures a hold with `transfer` in one transaction: the transfer's debit of the held
+    /// account is at most the hold (`capture_exceeds_hold`), the hold ends (its rest is
+    /// released). A repeated capture with the same transfer answers the first result;
+    /// `hold_captured` / `hold_released` when it ended otherwise; `NotFound` if unknown.
+    async fn abs_capture(
+        &self,
+        hold_id: &str,
+        transfer: &AbsTransfer,
+    ) -> Result<AbsTransferResult, StoreError>;
+    /// Releases a hold; `Ok(false)` if it was already released (idempotent),
+    /// `hold_captured` if it was captured, `NotFound` if unknown.
+    async fn abs_release(&self, hold_id: &str) -> Result<bool, StoreError>;
+    /// The current rate set (its version and its JSON), if the treasury ever set one.
+    async fn abs_rate_set(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// Saves a rate set if its version is newer than the stored one; whether it did.
+    async fn abs_save_rate_set(&self, version: i64, body: &str) -> Result<bool, StoreError>;
 }
 
 /// Everything a node needs from its store.

@@ -38,6 +38,16 @@ impl ApiError {
     }
 }
 
+/// Reads a body that must be a JSON object: serde would also fill a struct from an array
+/// (`[null, null]`), which no client means.
+fn from_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom("the body must be a JSON object"));
+    }
+    serde_json::from_value(value)
+}
+
 /// `GET /v1/notification-preferences`: the saved preferences with every kind's effective rule.
 pub async fn get_preferences(
     store: &dyn NotifierStore,
@@ -58,7 +68,7 @@ pub async fn put_preferences(
     body: &[u8],
 ) -> Result<Preferences, ApiError> {
     let prefs: Preferences =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidPreferences(e.to_string()))?;
+        from_object(body).map_err(|e| ApiError::InvalidPreferences(e.to_string()))?;
     prefs.validate().map_err(ApiError::InvalidPreferences)?;
     store.put_preferences(customer, &prefs).await?;
     get_preferences(store, customer).await
@@ -81,7 +91,7 @@ pub async fn register_device(
     body: &[u8],
 ) -> Result<Device, ApiError> {
     let reg: DeviceRegistration =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidDevice(e.to_string()))?;
+        from_object(body).map_err(|e| ApiError::InvalidDevice(e.to_string()))?;
     let platform = Platform::parse(&reg.platform)
         .ok_or_else(|| ApiError::InvalidDevice("platform must be \"android\" or \"ios\"".into()))?;
     let token_ok = !reg.token.is_empty()
@@ -154,6 +164,15 @@ mod tests {
                 .code(),
             "invalid_preferences"
         );
+        // Arrays are not preferences, even ones serde could fill a struct from; nothing changes.
+        for body in [&b"[null, null]"[..], b"[]", b"null", b"\"x\""] {
+            let err = put_preferences(&store, &me, body).await.unwrap_err();
+            assert_eq!(err.code(), "invalid_preferences", "{body:?}");
+        }
+        assert_eq!(
+            get_preferences(&store, &me).await.unwrap().kinds[&Kind::Offer].channels,
+            vec![Channel::Email]
+        );
 
         let device = register_device(
             &store,
@@ -166,6 +185,13 @@ mod tests {
         assert_eq!(store.devices(&me).await.unwrap(), vec![device]);
         assert_eq!(
             register_device(&store, &me, br#"{"platform":"nokia","token":"x"}"#)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_device"
+        );
+        assert_eq!(
+            register_device(&store, &me, br#"["ios", "abc"]"#)
                 .await
                 .unwrap_err()
                 .code(),

@@ -79,6 +79,9 @@ mod queries {
     /// Locks the ABS account row so concurrent postings apply one after another.
     const FOR_UPDATE: &str = " FOR UPDATE";
     include!("queries.rs");
+    include!("schedule_queries.rs");
+    include!("hold_queries.rs");
+    include!("rate_queries.rs");
 }
 
 type Backend = PgStore;

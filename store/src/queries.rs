@@ -254,6 +254,8 @@ pub(crate) async fn commit(c: &mut Conn, commit: &Commit) -> Result<Vec<i64>, St
         query.execute(&mut *c).await.map_err(db_err)?;
     }
 
+    schedule_write(c, customer, &commit.schedules).await?;
+
     let mut outbox_ids = Vec::with_capacity(commit.outbox.len());
     for messages in commit.outbox.chunks(ROWS_PER_INSERT) {
         let sql = format!(
@@ -1096,6 +1098,17 @@ pub(crate) async fn abs_transfer(
     c: &mut Conn,
     transfer: &AbsTransfer,
 ) -> Result<AbsTransferResult, StoreError> {
+    abs_transfer_releasing(c, transfer, None).await
+}
+
+/// A transfer that also ends a hold of `(account, amount)` (a capture): the funds check
+/// does not count that hold as reserved, and the account's reserved total drops by it in the
+/// same row update as its balance. Account rows are still locked in id order only.
+pub(crate) async fn abs_transfer_releasing(
+    c: &mut Conn,
+    transfer: &AbsTransfer,
+    released: Option<(&str, i64)>,
+) -> Result<AbsTransferResult, StoreError> {
     validate_transfer(transfer)?;
     let fingerprint = transfer_fingerprint(transfer);
     if let Some((first, result)) = abs_transfer_result(c, &transfer.id).await? {
@@ -1117,7 +1130,7 @@ pub(crate) async fn abs_transfer(
         entry.1 = entry.1.max(leg.floor_minor);
     }
     let sql = format!(
-        "SELECT customer_id, kind, currency, balance_minor, status FROM abs_products
+        "SELECT customer_id, kind, currency, balance_minor, status, held_minor FROM abs_products
          WHERE id = $1{FOR_UPDATE}"
     );
     // account → (customer, kind, currency, balance after)
@@ -1150,7 +1163,12 @@ pub(crate) async fn abs_transfer(
         let balance_after = balance
             .checked_add(*delta)
             .ok_or(StoreError::Refused("amount_out_of_range"))?;
-        if *delta < 0 && balance_after < *floor {
+        // A debit is checked against the available balance: what holds reserve is spoken for.
+        let mut held: i64 = col(&row, 5)?;
+        if let Some((_, amount)) = released.filter(|(id, _)| id == account_id) {
+            held = held.saturating_sub(amount);
+        }
+        if *delta < 0 && balance_after.saturating_sub(held) < *floor {
             return Err(StoreError::Refused("insufficient_funds"));
         }
         after.insert(account_id, (customer_id, kind, currency, balance_after));
@@ -1169,12 +1187,19 @@ pub(crate) async fn abs_transfer(
     .await
     .map_err(db_err)?;
     for (account_id, (_, _, _, balance_after)) in &after {
-        sqlx::query("UPDATE abs_products SET balance_minor = $2 WHERE id = $1")
-            .bind(*account_id)
-            .bind(*balance_after)
-            .execute(&mut *c)
-            .await
-            .map_err(db_err)?;
+        let released_here = released
+            .filter(|(id, _)| id == account_id)
+            .map_or(0, |(_, amount)| amount);
+        sqlx::query(
+            "UPDATE abs_products SET balance_minor = $2, held_minor = held_minor - $3
+             WHERE id = $1",
+        )
+        .bind(*account_id)
+        .bind(*balance_after)
+        .bind(released_here)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?;
     }
     // Each leg records the balance after the whole set (a set touching one account twice,
     // a payment and its fee, shows the final balance on both).

@@ -20,12 +20,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, SQLITE_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (6, AUTOPAY_SCHEDULE_V6),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, POSTGRES_V1),
     (2, POSTGRES_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (6, AUTOPAY_SCHEDULE_V6),
 ];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
@@ -314,6 +316,39 @@ CREATE TABLE abs_card_pans (
     pan_hash TEXT PRIMARY KEY,
     card_id TEXT NOT NULL REFERENCES abs_products (id),
     customer_id TEXT NOT NULL REFERENCES abs_customers (id)
+);
+"#;
+
+/// The index of clock-driven autopayments (both backends): when each runs next. Written in
+/// the same transaction as the `autopayment_saved` / `autopayment_deleted` journal events;
+/// each node's scheduler scans the due rows of the partitions it owns. And the reference
+/// ABS's holds (authorizations): `held` until `captured` (by `transfer_id`) or `released`;
+/// `abs_products.held_minor` is the sum of an account's active holds, kept in the same
+/// writes, so a transfer's funds check reads it with the locked account row. And the ABS's
+/// current rate set (one row), so every node, and a restarted one, quotes the same rates.
+const AUTOPAY_SCHEDULE_V6: &str = r#"
+CREATE TABLE autopay_schedule (
+    customer_id TEXT NOT NULL,
+    autopayment_id TEXT NOT NULL,
+    partition_no BIGINT NOT NULL,
+    next_run_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, autopayment_id)
+);
+CREATE INDEX autopay_schedule_due ON autopay_schedule (partition_no, next_run_ms);
+CREATE TABLE abs_holds (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES abs_products (id),
+    amount_minor BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    transfer_id TEXT,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX abs_holds_account ON abs_holds (account_id, state);
+ALTER TABLE abs_products ADD COLUMN held_minor BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE abs_rate_sets (
+    id BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    body TEXT NOT NULL
 );
 "#;
 

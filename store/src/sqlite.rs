@@ -101,6 +101,9 @@ mod queries {
     /// The writer holds SQLite's only write lock for the whole batch: no row locks needed.
     const FOR_UPDATE: &str = "";
     include!("queries.rs");
+    include!("schedule_queries.rs");
+    include!("hold_queries.rs");
+    include!("rate_queries.rs");
 }
 
 type Backend = SqliteStore;
@@ -133,6 +136,7 @@ mod tests {
             change_ids: vec![format!("{customer}-{expected}")],
             snapshot: None,
             outbox: vec![],
+            schedules: vec![],
         }
     }
 

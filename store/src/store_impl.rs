@@ -98,6 +98,39 @@ impl kernel::store::JournalStore for Backend {
         self.write(move |c| Box::pin(async move { queries::outbox_delete(c, &ids).await }))
             .await
     }
+
+    async fn schedule_due(
+        &self,
+        partitions: &[u32],
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<kernel::store::DueRun>, kernel::store::StoreError> {
+        if partitions.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let partitions = partitions.to_vec();
+        self.read(move |c| {
+            Box::pin(async move { queries::schedule_due(c, &partitions, now_ms, limit).await })
+        })
+        .await
+    }
+
+    async fn schedule_advance(
+        &self,
+        customer: &kernel::CustomerId,
+        autopayment_id: &str,
+        due_ms: i64,
+        next_run_ms: Option<i64>,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        let autopayment_id = autopayment_id.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                queries::schedule_advance(c, &customer, &autopayment_id, due_ms, next_run_ms).await
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]
@@ -459,6 +492,60 @@ impl kernel::store::AbsStore for Backend {
             }
             other => other,
         }
+    }
+
+    async fn abs_hold(
+        &self,
+        hold: &kernel::store::AbsHold,
+    ) -> Result<kernel::store::AbsHoldResult, kernel::store::StoreError> {
+        for _ in 0..2 {
+            let owned = hold.clone();
+            match self
+                .write(move |c| Box::pin(async move { queries::abs_hold(c, &owned).await }))
+                .await
+            {
+                // A concurrent duplicate inserted first: the next attempt finds it.
+                Err(kernel::store::StoreError::Duplicate) => continue,
+                other => return other,
+            }
+        }
+        Err(kernel::store::StoreError::Duplicate)
+    }
+
+    async fn abs_capture(
+        &self,
+        hold_id: &str,
+        transfer: &kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
+        queries::validate_transfer(transfer)?;
+        let (hold_id, transfer) = (hold_id.to_owned(), transfer.clone());
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_capture(c, &hold_id, &transfer).await })
+        })
+        .await
+    }
+
+    async fn abs_release(&self, hold_id: &str) -> Result<bool, kernel::store::StoreError> {
+        let hold_id = hold_id.to_owned();
+        self.write(move |c| Box::pin(async move { queries::abs_release(c, &hold_id).await }))
+            .await
+    }
+
+    async fn abs_rate_set(&self) -> Result<Option<(i64, String)>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::abs_rate_set(c).await }))
+            .await
+    }
+
+    async fn abs_save_rate_set(
+        &self,
+        version: i64,
+        body: &str,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let body = body.to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_save_rate_set(c, version, &body).await })
+        })
+        .await
     }
 
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, kernel::store::StoreError> {

@@ -125,6 +125,11 @@ conformance!(
     abs_transfer_random_sequences_sum_to_zero,
     abs_card_pans_find_their_customer,
     phone_change_moves_phone_and_login_once,
+    autopay_schedule_follows_commits_and_advances_once,
+    abs_holds_reserve_capture_and_release,
+    abs_concurrent_holds_never_exceed_the_balance,
+    abs_random_holds_and_transfers_keep_the_invariants,
+    abs_rate_set_is_replaced_only_by_a_newer_one,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -156,6 +161,7 @@ fn commit(customer: &str, expected: u64, count: u64) -> Commit {
             .collect(),
         snapshot: None,
         outbox: vec![],
+        schedules: vec![],
     }
 }
 
@@ -1497,4 +1503,352 @@ async fn phone_change_moves_phone_and_login_once(store: Arc<dyn Store>) {
             .await,
         Err(kernel::store::StoreError::NotFound)
     ));
+}
+
+// ---- autopayment schedule index -----------------------------------------------------------
+
+fn schedule(id: &str, partition: u32, next_run_ms: Option<i64>) -> kernel::store::ScheduleWrite {
+    kernel::store::ScheduleWrite {
+        autopayment_id: id.into(),
+        partition,
+        next_run_ms,
+    }
+}
+
+async fn autopay_schedule_follows_commits_and_advances_once(store: Arc<dyn Store>) {
+    // Written with the journal: c1 has two autopayments (partition 3), c2 one (partition 5).
+    let mut first = commit("c1", 0, 1);
+    first.schedules = vec![
+        schedule("ap1", 3, Some(1_000)),
+        schedule("ap2", 3, Some(5_000)),
+    ];
+    store.commit(first).await.unwrap();
+    let mut other = commit("c2", 0, 1);
+    other.schedules = vec![schedule("ap3", 5, Some(2_000))];
+    store.commit(other).await.unwrap();
+
+    // A refused commit writes no schedule either.
+    let mut stale = commit("c1", 0, 1);
+    stale.schedules = vec![schedule("ap9", 3, Some(1))];
+    assert_eq!(store.commit(stale).await, Err(StoreError::VersionConflict));
+
+    let due = |partitions: Vec<u32>, now_ms: i64, limit: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .schedule_due(&partitions, now_ms, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|run| {
+                    (
+                        run.customer_id.as_str().to_owned(),
+                        run.autopayment_id,
+                        run.next_run_ms,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |c: &str, id: &str, ms: i64| (c.to_owned(), id.to_owned(), ms);
+    // Only due rows of the asked partitions, oldest first, at most `limit`.
+    assert_eq!(
+        due(vec![3, 5], 10_000, 10).await,
+        vec![
+            row("c1", "ap1", 1_000),
+            row("c2", "ap3", 2_000),
+            row("c1", "ap2", 5_000)
+        ]
+    );
+    assert_eq!(
+        due(vec![3, 5], 10_000, 1).await,
+        vec![row("c1", "ap1", 1_000)]
+    );
+    assert_eq!(due(vec![3], 4_999, 10).await, vec![row("c1", "ap1", 1_000)]);
+    assert_eq!(due(vec![4], 10_000, 10).await, vec![]);
+    assert_eq!(due(vec![], 10_000, 10).await, vec![]);
+
+    // Advancing is compare-and-set on the due time: a second (late) advance is a no-op.
+    let c1 = cid("c1");
+    assert!(
+        store
+            .schedule_advance(&c1, "ap1", 1_000, Some(20_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .schedule_advance(&c1, "ap1", 1_000, Some(30_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .schedule_advance(&c1, "nope", 1_000, Some(30_000))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        due(vec![3], 25_000, 10).await,
+        vec![row("c1", "ap2", 5_000), row("c1", "ap1", 20_000)]
+    );
+
+    // Saving again moves the row; deleting in a commit removes it; advancing to None too.
+    let mut again = commit("c1", 1, 1);
+    again.schedules = vec![schedule("ap1", 3, Some(40_000)), schedule("ap2", 3, None)];
+    store.commit(again).await.unwrap();
+    assert_eq!(
+        due(vec![3], 50_000, 10).await,
+        vec![row("c1", "ap1", 40_000)]
+    );
+    assert!(
+        store
+            .schedule_advance(&c1, "ap1", 40_000, None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        due(vec![3, 5], i64::MAX, 10).await,
+        vec![row("c2", "ap3", 2_000)]
+    );
+}
+
+// ---- holds (authorize → capture / release) ------------------------------------------------
+
+fn hold(id: &str, account: &str, amount: i64) -> kernel::store::AbsHold {
+    kernel::store::AbsHold {
+        id: id.into(),
+        account_id: account.into(),
+        amount_minor: amount,
+        floor_minor: 0,
+    }
+}
+
+async fn abs_holds_reserve_capture_and_release(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    // acc1 has 100.00. A 60.00 hold leaves 40.00 available; the balance is unchanged.
+    let first = store.abs_hold(&hold("h1", "acc1", 60_00)).await.unwrap();
+    assert_eq!((first.available_minor, first.duplicate), (40_00, false));
+    assert_eq!(account_balance(&*store, "acc1").await, 100_00);
+    // Idempotent by id; the id with other terms is a conflict.
+    let again = store.abs_hold(&hold("h1", "acc1", 60_00)).await.unwrap();
+    assert_eq!((again.available_minor, again.duplicate), (40_00, true));
+    assert_eq!(
+        store.abs_hold(&hold("h1", "acc1", 1_00)).await,
+        Err(StoreError::Refused("idempotency_conflict"))
+    );
+    // What is held is spoken for: neither a second hold nor a transfer may take it.
+    assert_eq!(
+        store.abs_hold(&hold("h2", "acc1", 40_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    let pay = |id: &str, amount: i64| {
+        transfer(
+            id,
+            vec![leg("acc1", -amount, "RUB"), leg("acc2", amount, "RUB")],
+        )
+    };
+    assert_eq!(
+        store.abs_transfer(&pay("t-over", 40_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    store.abs_transfer(&pay("t-ok", 10_00)).await.unwrap();
+    assert_eq!(
+        store.abs_hold(&hold("h9", "nope", 1)).await,
+        Err(StoreError::NotFound)
+    );
+
+    // Capture 55.00 of the 60.00 hold: the rest is released with it.
+    let captured = store.abs_capture("h1", &pay("cap-1", 55_00)).await.unwrap();
+    assert!(!captured.duplicate);
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    let replay = store.abs_capture("h1", &pay("cap-1", 55_00)).await.unwrap();
+    assert!(replay.duplicate);
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    assert_eq!(
+        store.abs_capture("h1", &pay("cap-2", 1_00)).await,
+        Err(StoreError::Refused("hold_captured"))
+    );
+    assert_eq!(
+        store.abs_release("h1").await,
+        Err(StoreError::Refused("hold_captured"))
+    );
+    // All 35.00 is available again.
+    let h2 = store.abs_hold(&hold("h2", "acc1", 35_00)).await.unwrap();
+    assert_eq!(h2.available_minor, 0);
+    // More than the hold cannot be captured; nothing changes.
+    assert_eq!(
+        store.abs_capture("h2", &pay("cap-3", 35_01)).await,
+        Err(StoreError::Refused("capture_exceeds_hold"))
+    );
+    // A capture the transfer refuses (no such payee account) leaves the hold held.
+    assert_eq!(
+        store
+            .abs_capture(
+                "h2",
+                &transfer(
+                    "cap-x",
+                    vec![leg("acc1", -1_00, "RUB"), leg("nope", 1_00, "RUB")]
+                )
+            )
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.abs_hold(&hold("h-more", "acc1", 1)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    // Released: the money is available, twice is fine, a capture after is refused.
+    assert_eq!(store.abs_release("h2").await, Ok(true));
+    assert_eq!(store.abs_release("h2").await, Ok(false));
+    assert_eq!(
+        store.abs_capture("h2", &pay("cap-4", 1_00)).await,
+        Err(StoreError::Refused("hold_released"))
+    );
+    assert_eq!(store.abs_release("nope").await, Err(StoreError::NotFound));
+    assert_eq!(
+        store
+            .abs_hold(&hold("h3", "acc1", 35_00))
+            .await
+            .unwrap()
+            .available_minor,
+        0
+    );
+    assert_eq!(account_balance(&*store, "acc1").await, 35_00);
+    assert_sums_zero(&*store).await;
+}
+
+async fn abs_concurrent_holds_never_exceed_the_balance(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    // Ten holds of 30.00 on 100.00 at once: exactly three succeed.
+    let mut set = JoinSet::new();
+    for i in 0..10 {
+        let store = store.clone();
+        set.spawn(async move { store.abs_hold(&hold(&format!("c{i}"), "acc1", 30_00)).await });
+    }
+    let mut ok = 0;
+    while let Some(result) = set.join_next().await {
+        match result.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e, StoreError::Refused("insufficient_funds")),
+        }
+    }
+    assert_eq!(ok, 3);
+}
+
+/// Random authorizations, captures, releases and transfers (ids repeat: replays): the legs
+/// sum to zero, and no customer account's balance less its active holds goes below zero.
+async fn abs_random_holds_and_transfers_keep_the_invariants(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let accounts = ["acc1", "acc2"];
+    // The test's own model of the active holds: id → (account, amount).
+    let mut active: std::collections::BTreeMap<String, (&str, i64)> = Default::default();
+    // How many holds, captures and releases took effect: the sequence must exercise each.
+    let mut done = [0u32; 3];
+    for step in 0..80 {
+        let account = accounts[next(2) as usize];
+        let other = if account == "acc1" { "acc2" } else { "acc1" };
+        let amount = 1 + next(40_00) as i64;
+        let before = all_balances(&*store).await;
+        match next(4) {
+            0 => {
+                let id = format!("h{}", next(20));
+                match store.abs_hold(&hold(&id, account, amount)).await {
+                    Ok(r) if !r.duplicate => {
+                        active.insert(id, (account, amount));
+                        done[0] += 1;
+                    }
+                    Ok(_) | Err(StoreError::Refused(_)) => {}
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+            1 => {
+                let id = format!("h{}", next(20));
+                let Some((held_on, _)) = active.get(&id).copied() else {
+                    continue;
+                };
+                let target = if held_on == "acc1" { "acc2" } else { "acc1" };
+                let t = transfer(
+                    &format!("cap{step}"),
+                    vec![leg(held_on, -amount, "RUB"), leg(target, amount, "RUB")],
+                );
+                match store.abs_capture(&id, &t).await {
+                    Ok(_) => {
+                        active.remove(&id);
+                        done[1] += 1;
+                    }
+                    Err(StoreError::Refused(_)) => assert_eq!(all_balances(&*store).await, before),
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+            2 => {
+                let id = format!("h{}", next(20));
+                match store.abs_release(&id).await {
+                    Ok(released) => {
+                        if active.remove(&id).is_some() {
+                            assert!(released, "step {step}: an active hold was released");
+                            done[2] += 1;
+                        }
+                    }
+                    Err(StoreError::Refused(_)) | Err(StoreError::NotFound) => {}
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+                assert_eq!(all_balances(&*store).await, before);
+            }
+            _ => {
+                let t = transfer(
+                    &format!("t{}", next(30)),
+                    vec![leg(account, -amount, "RUB"), leg(other, amount, "RUB")],
+                );
+                match store.abs_transfer(&t).await {
+                    Ok(r) if r.duplicate => assert_eq!(all_balances(&*store).await, before),
+                    Ok(_) => {}
+                    Err(StoreError::Refused(_)) => assert_eq!(all_balances(&*store).await, before),
+                    Err(e) => panic!("step {step}: {e:?}"),
+                }
+            }
+        }
+        for account in accounts {
+            let held: i64 = active
+                .values()
+                .filter(|(a, _)| *a == account)
+                .map(|(_, amount)| amount)
+                .sum();
+            let balance = account_balance(&*store, account).await;
+            assert!(
+                balance - held >= 0,
+                "step {step}: {account} {balance} - {held}"
+            );
+        }
+        assert_sums_zero(&*store).await;
+    }
+    assert!(
+        done.iter().all(|n| *n > 0),
+        "holds, captures, releases: {done:?}"
+    );
+}
+
+async fn abs_rate_set_is_replaced_only_by_a_newer_one(store: Arc<dyn Store>) {
+    assert_eq!(store.abs_rate_set().await.unwrap(), None);
+    assert!(store.abs_save_rate_set(5, "{\"v\":5}").await.unwrap());
+    assert!(!store.abs_save_rate_set(4, "{\"v\":4}").await.unwrap());
+    assert!(
+        !store
+            .abs_save_rate_set(5, "{\"v\":\"again\"}")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.abs_rate_set().await.unwrap(),
+        Some((5, "{\"v\":5}".to_owned()))
+    );
+    assert!(store.abs_save_rate_set(6, "{\"v\":6}").await.unwrap());
+    assert_eq!(store.abs_rate_set().await.unwrap().map(|(v, _)| v), Some(6));
 }

@@ -837,14 +837,14 @@ async fn a_balance_triggered_autopayment_tops_up_once_per_day_and_failures_are_r
         (404, Some("account_not_found"))
     );
     let mut monthly = body.clone();
-    monthly["schedule"] = json!({"kind": "monthly", "day": 5});
+    monthly["schedule"] = json!({"kind": "monthly", "day": 32});
     let (status, problem) = client
         .post_idempotent("/v1/autopayments", &token, "monthly", monthly)
         .await
         .unwrap();
     assert_eq!(
-        (status, problem["code"].as_str()),
-        (422, Some("unsupported_schedule"))
+        (status, problem["code"].as_str(), problem["field"].as_str()),
+        (422, Some("invalid_field"), Some("schedule.day"))
     );
     let (_, list) = client.get("/v1/autopayments", Some(&token)).await.unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 0);

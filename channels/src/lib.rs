@@ -4,9 +4,10 @@
 //!
 //! - [`router`] / [`run`]: the axum application and its server loop (bind port 0 in tests).
 //! - auth.rs: password hashing (argon2id) and the bearer-token extractors.
-//! - manager.rs: the Access Manager (register, login + second factor, challenges, refresh
-//!   rotation with reuse detection, logout, sessions, step-up, password change); its pure
-//!   rules are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
+//! - manager/: the Access Manager, one file per flow: `register`, `login` (+ second factor),
+//!   `challenges` (confirmation, step-up), `sessions` (refresh rotation with reuse detection,
+//!   logout, the session list), `credentials` (password and phone change); its pure rules
+//!   are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
 //! - staff.rs: staff accounts, roles, staff login (password + TOTP) and `/staff/v1/*`.
 //! - [`revocations`]: revoked sessions per node, fed by `ctl.*` control messages.
 //! - guard.rs: per-IP limits, CORS/Origin allowlist, timeouts, security headers.

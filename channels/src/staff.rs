@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::access::totp;
+use crate::auth::verify_password;
 use crate::auth::{bearer, hash_password};
 use crate::backoffice::Backoffice;
-use crate::manager::{ClientIp, invalid_credentials, locked_out, sessions_json, verify_password};
+use crate::manager::{ClientIp, invalid_credentials, locked_out, sessions_json};
 use crate::problem::Problem;
 use crate::tokens::Claims;
 

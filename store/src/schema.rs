@@ -20,12 +20,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, SQLITE_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (5, SQLITE_ACCESS_V5),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, POSTGRES_V1),
     (2, POSTGRES_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (5, POSTGRES_ACCESS_V5),
 ];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
@@ -314,6 +316,45 @@ CREATE TABLE abs_card_pans (
     pan_hash TEXT PRIMARY KEY,
     card_id TEXT NOT NULL REFERENCES abs_products (id),
     customer_id TEXT NOT NULL REFERENCES abs_customers (id)
+);
+"#;
+
+/// The Access Manager, continued: staff sessions beside customer ones (`scope`), customers'
+/// TOTP enrolments (the secret sealed by the Access Manager, the last accepted step), and the
+/// IP networks each customer completed a login from (a risk signal when a new one appears).
+const SQLITE_ACCESS_V5: &str = r#"
+ALTER TABLE sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'customer';
+CREATE INDEX sessions_scope ON sessions (scope, created_at_ms);
+CREATE TABLE customer_totp (
+    customer_id TEXT PRIMARY KEY,
+    sealed_secret BLOB NOT NULL,
+    confirmed BOOLEAN NOT NULL,
+    last_step BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE login_networks (
+    customer_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, network)
+);
+"#;
+
+const POSTGRES_ACCESS_V5: &str = r#"
+ALTER TABLE sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'customer';
+CREATE INDEX sessions_scope ON sessions (scope, created_at_ms);
+CREATE TABLE customer_totp (
+    customer_id TEXT PRIMARY KEY,
+    sealed_secret BYTEA NOT NULL,
+    confirmed BOOLEAN NOT NULL,
+    last_step BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE login_networks (
+    customer_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, network)
 );
 "#;
 

@@ -186,6 +186,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/v1/staff", post(staff::create))
         .route("/v1/me", get(rest::me))
         .route("/v1/me/phone", post(manager::change_phone))
+        .route(
+            "/v1/me/totp",
+            get(manager::totp_status).post(manager::start_totp),
+        )
+        .route("/v1/me/totp/confirm", post(manager::confirm_totp))
+        .route("/v1/me/totp/remove", post(manager::remove_totp))
         .route("/v1/products", get(rest::products))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
         .route("/v1/feed", get(rest::feed))

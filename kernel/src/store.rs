@@ -344,12 +344,8 @@ pub trait AuthStore: Send + Sync + 'static {
         device_id: &str,
     ) -> Result<Option<OffsetDateTime>, StoreError>;
 
-    /// Whether the customer has completed a login from `network` (an IP prefix) before.
-    async fn login_network_known(
-        &self,
-        customer: &CustomerId,
-        network: &str,
-    ) -> Result<bool, StoreError>;
+    /// The IP networks the customer completed a login from, most recent first (at most 100).
+    async fn login_networks(&self, customer: &CustomerId) -> Result<Vec<String>, StoreError>;
     /// Remembers a completed login from `network` (idempotent; renews its time).
     async fn remember_login_network(
         &self,

@@ -733,18 +733,19 @@ pub(crate) async fn device_trusted_at(
     at.map(time_from_db).transpose()
 }
 
-pub(crate) async fn login_network_known(
+pub(crate) async fn login_networks(
     c: &mut Conn,
     customer: &str,
-    network: &str,
-) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM login_networks WHERE customer_id = $1 AND network = $2")
-        .bind(customer)
-        .bind(network)
-        .fetch_optional(&mut *c)
-        .await
-        .map_err(db_err)?;
-    Ok(row.is_some())
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT network FROM login_networks WHERE customer_id = $1
+         ORDER BY last_seen_ms DESC, network LIMIT 100",
+    )
+    .bind(customer)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(|row| col(row, 0)).collect()
 }
 
 pub(crate) async fn remember_login_network(

@@ -308,16 +308,13 @@ impl kernel::store::AuthStore for Backend {
         .await
     }
 
-    async fn login_network_known(
+    async fn login_networks(
         &self,
         customer: &kernel::CustomerId,
-        network: &str,
-    ) -> Result<bool, kernel::store::StoreError> {
-        let (customer, network) = (customer.as_str().to_owned(), network.to_owned());
-        self.read(move |c| {
-            Box::pin(async move { queries::login_network_known(c, &customer, &network).await })
-        })
-        .await
+    ) -> Result<Vec<String>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::login_networks(c, &customer).await }))
+            .await
     }
 
     async fn remember_login_network(

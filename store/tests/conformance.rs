@@ -802,28 +802,21 @@ async fn trust_is_renewed_and_dated(store: Arc<dyn Store>) {
 }
 
 async fn login_networks_are_remembered_per_customer(store: Arc<dyn Store>) {
-    let now = kernel::now();
-    let known = |customer: &'static str, network: &'static str| {
+    let t0 = kernel::now();
+    let networks = |customer: &'static str| {
         let store = store.clone();
-        async move {
-            store
-                .login_network_known(&cid(customer), network)
-                .await
-                .unwrap()
-        }
+        async move { store.login_networks(&cid(customer)).await.unwrap() }
     };
-    assert!(!known("c1", "10.0.0.0/24").await);
-    store
-        .remember_login_network(&cid("c1"), "10.0.0.0/24", now)
-        .await
-        .unwrap();
-    store
-        .remember_login_network(&cid("c1"), "10.0.0.0/24", now)
-        .await
-        .unwrap();
-    assert!(known("c1", "10.0.0.0/24").await);
-    assert!(!known("c1", "10.0.1.0/24").await);
-    assert!(!known("c2", "10.0.0.0/24").await);
+    assert!(networks("c1").await.is_empty());
+    for (network, after_s) in [("10.0.0.0/24", 0), ("10.0.1.0/24", 1), ("10.0.0.0/24", 2)] {
+        store
+            .remember_login_network(&cid("c1"), network, t0 + time::Duration::seconds(after_s))
+            .await
+            .unwrap();
+    }
+    // Once each, the most recently used first.
+    assert_eq!(networks("c1").await, ["10.0.0.0/24", "10.0.1.0/24"]);
+    assert!(networks("c2").await.is_empty());
 }
 
 async fn totp_enrolment_confirms_once_and_steps_are_used_once(store: Arc<dyn Store>) {

@@ -16,6 +16,7 @@ use super::credentials::finish_phone_change;
 use super::{ClientIp, JsonBody, body, challenge_problem, rate_limited, unavailable};
 use crate::Gateway;
 use crate::access::challenge::{self, Challenge, ChallengeError, Purpose};
+use crate::access::risk;
 use crate::auth::{Customer, MaybeCustomer};
 use crate::problem::Problem;
 
@@ -25,6 +26,10 @@ pub(crate) struct ConfirmRequest {
     /// For step-up: the operation as it is now (any change invalidates the code).
     #[serde(default)]
     operation: Option<Operation>,
+    /// `sms` (the default: the challenge's own code) or `totp` (a login only, when the
+    /// customer enrolled an authenticator app).
+    #[serde(default)]
+    method: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -62,6 +67,13 @@ pub(crate) async fn confirm(
     if id.len() > 64 {
         return Err(Problem::not_found());
     }
+    let use_totp = match request.method.as_deref() {
+        None | Some("sms") => false,
+        Some("totp") => true,
+        Some(_) => return Err(Problem::bad_request("method must be sms or totp")),
+    };
+    // A TOTP code is checked (and its time step spent) once, even if the loop runs again.
+    let mut totp_accepted: Option<bool> = None;
     let now = kernel::now().unix_timestamp();
     // A lost compare-and-swap means another attempt ran at the same moment: reload and
     // verify again, so each attempt is counted exactly once.
@@ -111,7 +123,28 @@ pub(crate) async fn confirm(
                 challenge::binding(Purpose::StepUp, &subject, &parts)
             }
         };
-        let mut verdict = challenge.verify(&request.code, &binding, now);
+        if use_totp && challenge.purpose != Purpose::Login {
+            return Err(Problem::bad_request("a TOTP code confirms a login only"));
+        }
+        let mut verdict = if use_totp {
+            match challenge.open_for_attempt(now) {
+                Err(error) => Err(error),
+                Ok(()) => {
+                    let accepted = match totp_accepted {
+                        Some(accepted) => accepted,
+                        None => {
+                            let accepted =
+                                gateway.totp_factor(&subject, &request.code, now).await?;
+                            totp_accepted = Some(accepted);
+                            accepted
+                        }
+                    };
+                    challenge.settle(accepted, &binding, now)
+                }
+            }
+        } else {
+            challenge.verify(&request.code, &binding, now)
+        };
         // A decoy registration (unknown or already registered phone) never succeeds.
         if verdict.is_ok()
             && challenge.purpose == Purpose::Register
@@ -155,7 +188,14 @@ pub(crate) async fn confirm(
             let sid = caller.as_ref().map(|c| c.sid.clone()).unwrap_or_default();
             return finish_phone_change(&gateway, &challenge, &subject, &sid, &ip).await;
         }
-        return finish(&gateway, &challenge, &subject, request.operation.as_ref()).await;
+        return finish(
+            &gateway,
+            &challenge,
+            &subject,
+            request.operation.as_ref(),
+            &ip,
+        )
+        .await;
     }
     Err(Problem::unavailable("try again"))
 }
@@ -171,8 +211,17 @@ async fn finish(
     challenge: &Challenge,
     subject: &str,
     operation: Option<&Operation>,
+    ip: &str,
 ) -> Result<Response, Problem> {
     let customer = CustomerId::parse(subject).map_err(|_| Problem::internal())?;
+    // A completed registration or login teaches the network it came from (risk rules).
+    let remember_network = || async {
+        gateway
+            .store
+            .remember_login_network(&customer, &risk::network_of(ip), kernel::now())
+            .await
+            .map_err(unavailable)
+    };
     let device_id = challenge.context["device_id"]
         .as_str()
         .unwrap_or("unknown")
@@ -204,6 +253,7 @@ async fn finish(
                 .trust_device(&customer, &device_id, kernel::now())
                 .await
                 .map_err(unavailable)?;
+            remember_network().await?;
             Ok(Json(gateway.open_session(&customer, &device_id).await?).into_response())
         }
         Purpose::Login => {
@@ -212,6 +262,7 @@ async fn finish(
                 .trust_device(&customer, &device_id, kernel::now())
                 .await
                 .map_err(unavailable)?;
+            remember_network().await?;
             metrics::LOGINS_OK.inc();
             Ok(Json(gateway.open_session(&customer, &device_id).await?).into_response())
         }

@@ -28,7 +28,7 @@ pub(crate) struct PasswordChange {
 
 /// Re-authentication by the current password before a sensitive change: counts a failure
 /// toward the login's lockout and audits it as `action`. Returns the phone on file (the login).
-async fn reauthenticate(
+pub(super) async fn reauthenticate(
     gateway: &Gateway,
     customer: &CustomerId,
     current_password: String,

@@ -1,4 +1,6 @@
-//! Login: password, then a second factor on a new device.
+//! Login: password, then a second factor (an SMS code, or a TOTP code when enrolled) when
+//! the risk rules (`access::risk`) see any signal: a new device, an expired trust, a new
+//! network, recent failures, an antifraud flag.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use serde_json::json;
 use super::{ClientIp, JsonBody, body, invalid_credentials, mask_phone, rate_limited, unavailable};
 use crate::Gateway;
 use crate::access::challenge::{self, Purpose};
+use crate::access::risk::{self, LoginFacts, RiskPolicy, Signal};
 use crate::auth::verify_password;
 use crate::problem::Problem;
 
@@ -42,7 +45,8 @@ pub(crate) async fn login(
         format!("device:{}", request.device_id),
         format!("ip:{ip}"),
     ];
-    gateway.lock_check(&keys).await?;
+    let states = gateway.lock_check(&keys).await?;
+    let recent_failures = states.first().map_or(0, |state| state.failures);
     let credential = gateway
         .store
         .credential(&request.login)
@@ -84,12 +88,36 @@ pub(crate) async fn login(
             .map_err(unavailable)?;
     }
     let customer = credential.customer_id.clone();
-    let trusted = gateway
+    let network = risk::network_of(&ip);
+    let device_trusted_at = gateway
         .store
-        .is_trusted_device(&customer, &request.device_id)
+        .device_trusted_at(&customer, &request.device_id)
         .await
         .map_err(unavailable)?;
-    if !trusted {
+    let known_networks = gateway
+        .store
+        .login_networks(&customer)
+        .await
+        .map_err(unavailable)?;
+    let signals = risk::assess(
+        &RiskPolicy::default(),
+        &LoginFacts {
+            device_trusted_at: device_trusted_at.map(|at| at.unix_timestamp()),
+            network: &network,
+            known_networks: &known_networks,
+            failures: recent_failures,
+            // No antifraud feed scores logins yet; the rule is ready for one.
+            antifraud_flagged: false,
+            now: kernel::now().unix_timestamp(),
+        },
+    );
+    if !signals.is_empty() {
+        let totp_enrolled = gateway
+            .store
+            .totp_enrolment(&customer)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|enrolment| enrolment.confirmed);
         let context = json!({"subject": customer.as_str(), "device_id": request.device_id});
         let (challenge, code) = gateway
             .new_challenge(
@@ -112,25 +140,44 @@ pub(crate) async fn login(
             Purpose::Login,
             &challenge.id,
         );
+        let signal_names: Vec<&str> = signals.iter().map(Signal::as_str).collect();
         gateway
             .audit(
                 "login_second_factor",
                 customer.as_str(),
-                &challenge.id,
+                &format!("{} {}", challenge.id, signal_names.join(",")),
                 &ip,
                 true,
             )
             .await;
+        // Which signal fired stays in the audit log: telling a password holder would help
+        // them avoid it next time. An unknown device is no secret to its holder.
+        let reason = if signals.contains(&Signal::NewDevice) {
+            "new_device"
+        } else {
+            "risk"
+        };
+        let methods: &[&str] = if totp_enrolled {
+            &["sms", "totp"]
+        } else {
+            &["sms"]
+        };
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({
                 "challenge_id": challenge.id,
-                "reason": "new_device",
+                "reason": reason,
+                "methods": methods,
                 "expires_in": challenge::CODE_TTL_S,
             })),
         )
             .into_response());
     }
+    gateway
+        .store
+        .remember_login_network(&customer, &network, kernel::now())
+        .await
+        .map_err(unavailable)?;
     let tokens = gateway.open_session(&customer, &request.device_id).await?;
     metrics::LOGINS_OK.inc();
     gateway

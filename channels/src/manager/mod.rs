@@ -1,5 +1,5 @@
 //! The Access Manager's HTTP shell, one file per flow: `register`, `login`, `challenges`
-//! (confirmation and step-up), `sessions` (refresh rotation with reuse detection, logout,
+//! (confirmation and step-up), `totp` (customers' authenticator apps), `sessions` (refresh rotation with reuse detection, logout,
 //! the session list) and `credentials` (password and phone change). This file holds what
 //! they share: problems, the audit log, sessions and their tokens, revocation, code sends.
 //! The rules live in `access/` (pure) and `kernel::store::LockState`; these files do I/O.
@@ -14,12 +14,16 @@ mod credentials;
 mod login;
 mod register;
 mod sessions;
+mod totp;
 
 pub(crate) use challenges::{ConfirmRequest, Operation, confirm, step_up};
 pub(crate) use credentials::{change_password, change_phone};
 pub(crate) use login::login;
 pub(crate) use register::register;
 pub(crate) use sessions::{delete_session, logout, refresh, sessions, sessions_json};
+pub(crate) use totp::{
+    confirm as confirm_totp, remove as remove_totp, start as start_totp, status as totp_status,
+};
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -255,16 +259,19 @@ impl Gateway {
         Ok((challenge, code))
     }
 
-    async fn lock_check(&self, keys: &[String]) -> Result<(), Problem> {
+    /// Refuses when any key is locked; else returns their failure counters, in order.
+    async fn lock_check(&self, keys: &[String]) -> Result<Vec<LockState>, Problem> {
         let now = kernel::now();
+        let mut states = Vec::with_capacity(keys.len());
         for key in keys {
             let state: LockState = self.store.lock_state(key).await.map_err(unavailable)?;
             if state.locked(now) {
                 let until = state.locked_until.unwrap_or(now);
                 return Err(locked_out((until - now).whole_seconds() + 1));
             }
+            states.push(state);
         }
-        Ok(())
+        Ok(states)
     }
 }
 

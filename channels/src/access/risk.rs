@@ -139,12 +139,13 @@ mod tests {
     #[test]
     fn rules() {
         use Signal::*;
-        let here = "10.1.2.0/24";
+        const HERE: &str = "10.1.2.0/24";
+        let here = HERE;
         let cases: Vec<(&str, Option<i64>, &[&str], u32, bool, Vec<Signal>)> = vec![
             (
                 "trusted device, known network",
                 Some(1),
-                &[here],
+                &[HERE],
                 0,
                 false,
                 vec![],
@@ -157,7 +158,7 @@ mod tests {
                 false,
                 vec![],
             ),
-            ("new device", None, &[here], 0, false, vec![NewDevice]),
+            ("new device", None, &[HERE], 0, false, vec![NewDevice]),
             (
                 "trusted device, new network",
                 Some(1),
@@ -169,7 +170,7 @@ mod tests {
             (
                 "known among several",
                 Some(1),
-                &["10.9.9.0/24", here],
+                &["10.9.9.0/24", HERE],
                 0,
                 false,
                 vec![],
@@ -177,7 +178,7 @@ mod tests {
             (
                 "trust at 90 days holds",
                 Some(90),
-                &[here],
+                &[HERE],
                 0,
                 false,
                 vec![],
@@ -185,21 +186,21 @@ mod tests {
             (
                 "trust older than 90 days",
                 Some(91),
-                &[here],
+                &[HERE],
                 0,
                 false,
                 vec![TrustExpired],
             ),
-            ("two failures are fine", Some(1), &[here], 2, false, vec![]),
+            ("two failures are fine", Some(1), &[HERE], 2, false, vec![]),
             (
                 "three failures",
                 Some(1),
-                &[here],
+                &[HERE],
                 3,
                 false,
                 vec![RecentFailures],
             ),
-            ("antifraud flag", Some(1), &[here], 0, true, vec![Antifraud]),
+            ("antifraud flag", Some(1), &[HERE], 0, true, vec![Antifraud]),
             (
                 "everything at once",
                 None,

@@ -8,7 +8,8 @@
 //!   `challenges` (confirmation, step-up), `sessions` (refresh rotation with reuse detection,
 //!   logout, the session list), `credentials` (password and phone change); its pure rules
 //!   are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
-//! - staff.rs: staff accounts, roles, staff login (password + TOTP) and `/staff/v1/*`.
+//! - staff/: staff accounts, roles, staff login (password + TOTP), stored staff sessions
+//!   (refresh, logout, revocation by `security`) and `/staff/v1/*`.
 //! - [`revocations`]: revoked sessions per node, fed by `ctl.*` control messages.
 //! - guard.rs: per-IP limits, CORS/Origin allowlist, timeouts, security headers.
 //! - openapi.json: the OpenAPI 3.1 document served at `GET /v1/openapi.json`.
@@ -178,6 +179,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             axum::routing::delete(manager::delete_session),
         )
         .route("/staff/v1/auth/login", post(staff::login))
+        .route("/staff/v1/auth/refresh", post(staff::refresh))
+        .route("/staff/v1/auth/logout", post(staff::logout))
+        .route("/staff/v1/sessions", get(staff::list_sessions))
+        .route(
+            "/staff/v1/sessions/{id}",
+            axum::routing::delete(staff::delete_session),
+        )
         .route(
             "/staff/v1/customers/{id}/sessions",
             get(staff::customer_sessions),

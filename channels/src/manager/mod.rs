@@ -20,7 +20,7 @@ pub(crate) use challenges::{ConfirmRequest, Operation, confirm, step_up};
 pub(crate) use credentials::{change_password, change_phone};
 pub(crate) use login::login;
 pub(crate) use register::register;
-pub(crate) use sessions::{delete_session, logout, refresh, sessions, sessions_json};
+pub(crate) use sessions::{delete_session, logout, refresh, rotate, sessions, sessions_json};
 pub(crate) use totp::{
     confirm as confirm_totp, remove as remove_totp, start as start_totp, status as totp_status,
 };
@@ -119,7 +119,8 @@ impl Gateway {
         }
     }
 
-    /// A new session with its tokens (the refresh token is returned once, stored hashed).
+    /// A new customer session with its tokens (the refresh token is returned once, stored
+    /// hashed).
     pub(crate) async fn open_session(
         &self,
         customer: &CustomerId,
@@ -138,26 +139,53 @@ impl Gateway {
             .create_session(&session)
             .await
             .map_err(unavailable)?;
-        Ok(self.tokens_for(&session, refresh))
+        Ok(self.tokens_for(&session, refresh, None))
     }
 
-    fn tokens_for(&self, session: &SessionRecord, refresh: String) -> Value {
+    /// A new staff session: access tokens in the `staff` scope with the member's role, and a
+    /// refresh token rotated like a customer's.
+    pub(crate) async fn open_staff_session(
+        &self,
+        login: &CustomerId,
+        role: &str,
+    ) -> Result<Value, Problem> {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let refresh = format!("rt1.{sid}.{}", random_token(32));
+        let session = SessionRecord::staff(sid, login.clone(), token_hash(&refresh), kernel::now());
+        self.store
+            .create_session(&session)
+            .await
+            .map_err(unavailable)?;
+        Ok(self.tokens_for(&session, refresh, Some(role)))
+    }
+
+    /// Tokens for `session`, in its scope; `role` for staff sessions.
+    pub(crate) fn tokens_for(
+        &self,
+        session: &SessionRecord,
+        refresh: String,
+        role: Option<&str>,
+    ) -> Value {
         let now = kernel::now().unix_timestamp();
         let ttl = self.config.access_token_ttl.as_secs() as i64;
         let claims = Claims {
             sub: session.customer_id.clone(),
             sid: session.id.clone(),
-            scope: "customer".into(),
-            role: None,
+            scope: session.scope.clone(),
+            role: role.map(str::to_owned),
             iat: now,
             exp: now + ttl,
         };
-        json!({
+        let mut tokens = json!({
             "access_token": self.tokens.sign(&claims),
             "refresh_token": refresh,
             "token_type": "Bearer",
             "expires_in": ttl,
-        })
+        });
+        if let Some(role) = role {
+            tokens["role"] = json!(role);
+        }
+        tokens
     }
 
     /// Revokes in the store, here at once, and on every node through the bus (their

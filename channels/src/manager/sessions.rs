@@ -35,6 +35,20 @@ pub(crate) async fn refresh(
     request: JsonBody<RefreshRequest>,
 ) -> Result<Response, Problem> {
     let token = body(request)?.refresh_token;
+    let (session, next) = rotate(&gateway, &token, &ip, "customer").await?;
+    Ok(Json(gateway.tokens_for(&session, next, None)).into_response())
+}
+
+/// Rotates the refresh token `token` of a live session in `scope` (`customer` or `staff`):
+/// returns the session and the next refresh token. An old token coming back (reuse) ends
+/// the whole session; so does idling past the limit. A token of the other scope is unknown.
+pub(crate) async fn rotate(
+    gateway: &Gateway,
+    token: &str,
+    ip: &str,
+    scope: &str,
+) -> Result<(SessionRecord, String), Problem> {
+    let ip = ip.to_owned();
     let mut parts = token.splitn(3, '.');
     let (Some("rt1"), Some(sid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(Problem::unauthorized());
@@ -42,7 +56,13 @@ pub(crate) async fn refresh(
     if token.len() > 256 {
         return Err(Problem::unauthorized());
     }
-    let Some(session) = gateway.store.session(sid).await.map_err(unavailable)? else {
+    let Some(session) = gateway
+        .store
+        .session(sid)
+        .await
+        .map_err(unavailable)?
+        .filter(|session| session.scope == scope)
+    else {
         return Err(Problem::unauthorized());
     };
     if session.revoked {
@@ -52,7 +72,7 @@ pub(crate) async fn refresh(
         return Err(session_revoked());
     }
     let now = kernel::now();
-    let presented = token_hash(&token);
+    let presented = token_hash(token);
     if !challenge::constant_time_eq(presented.as_bytes(), session.refresh_hash.as_bytes()) {
         // An old refresh token came back: someone holds a copy. End the whole session.
         gateway.revoke(&session).await?;
@@ -108,7 +128,7 @@ pub(crate) async fn refresh(
     gateway
         .audit("refresh", session.customer_id.as_str(), sid, &ip, true)
         .await;
-    Ok(Json(gateway.tokens_for(&session, next)).into_response())
+    Ok((session, next))
 }
 
 pub(crate) async fn logout(
@@ -171,7 +191,9 @@ pub(crate) async fn delete_session(
 ) -> Result<StatusCode, Problem> {
     let session = gateway.store.session(&id).await.map_err(unavailable)?;
     // Another customer's session is "not found": its existence is not revealed.
-    let Some(session) = session.filter(|s| s.customer_id == claims.sub && !s.revoked) else {
+    let Some(session) =
+        session.filter(|s| s.customer_id == claims.sub && s.scope == "customer" && !s.revoked)
+    else {
         gateway
             .audit(
                 "authz_refused",

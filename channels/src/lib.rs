@@ -68,6 +68,7 @@ mod ws;
 pub use auth::{DummyHash, hash_password};
 pub use guard::Limits;
 pub use hub::Hub;
+pub use manager::{SEND_QUEUE_CAPACITY, SendQueue};
 pub use revocations::Revocations;
 pub use tokens::{Claims, TokenKeys};
 
@@ -150,8 +151,10 @@ pub struct Gateway {
     pub operations: Option<studio::Catalogue>,
     /// Preferences, devices and metrics of the node's notifier.
     pub notifier: Option<Arc<notifier::Notifier>>,
-    /// The node's notifier queue: codes and security alerts go out through it.
+    /// The node's notifier queue.
     pub queue: Option<Arc<dyn notifier::WorkQueue>>,
+    /// Codes and security alerts on their way to `queue` (bounded, off the request path).
+    pub send_queue: SendQueue,
     pub revocations: Revocations,
     pub limits: Limits,
     pub sockets: AtomicUsize,

@@ -13,6 +13,7 @@ mod challenges;
 mod credentials;
 mod login;
 mod register;
+mod send_queue;
 mod sessions;
 mod totp;
 
@@ -20,6 +21,7 @@ pub(crate) use challenges::{ConfirmRequest, Operation, confirm, step_up};
 pub(crate) use credentials::{change_password, change_phone};
 pub(crate) use login::login;
 pub(crate) use register::register;
+pub use send_queue::{SEND_QUEUE_CAPACITY, SendQueue};
 pub(crate) use sessions::{delete_session, logout, refresh, rotate, sessions, sessions_json};
 pub(crate) use totp::{
     confirm as confirm_totp, remove as remove_totp, start as start_totp, status as totp_status,
@@ -208,8 +210,26 @@ impl Gateway {
         Ok(())
     }
 
-    /// Queues a code by SMS through the notifier (off the request path, so that sending or
-    /// not sending takes no visible time).
+    /// A code by SMS, as a notifier request (handed to the send queue by the caller).
+    fn code_message(
+        &self,
+        customer: &CustomerId,
+        phone: &str,
+        code: String,
+        purpose: Purpose,
+        id: &str,
+    ) -> notifier::NotificationRequest {
+        let mut request = notifier::NotificationRequest::new(
+            format!("code-{id}"),
+            customer.clone(),
+            notifier::Kind::Code,
+            json!({"code": code, "purpose": purpose.as_str()}),
+        );
+        request.phone = Some(phone.to_owned());
+        request
+    }
+
+    /// Sends a code by SMS through the send queue (off the request path).
     fn send_code(
         &self,
         customer: &CustomerId,
@@ -218,30 +238,12 @@ impl Gateway {
         purpose: Purpose,
         id: &str,
     ) {
-        let Some(queue) = self.queue.clone() else {
-            tracing::warn!("no notifier queue: code not sent");
-            return;
-        };
-        let mut request = notifier::NotificationRequest::new(
-            format!("code-{id}"),
-            customer.clone(),
-            notifier::Kind::Code,
-            json!({"code": code, "purpose": purpose.as_str()}),
-        );
-        request.phone = Some(phone.to_owned());
-        tokio::spawn(async move {
-            if let Err(error) = queue.enqueue(&request).await {
-                tracing::warn!(%error, "code not queued");
-            }
-        });
+        let message = self.code_message(customer, phone, code, purpose, id);
+        self.send_queue.push(Some(message));
     }
 
     fn notify_security(&self, customer: &CustomerId, phone: &str, event: &str) {
-        let Some(queue) = self.queue.clone() else {
-            return;
-        };
-        let now = kernel::now();
-        let at = now
+        let at = kernel::now()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let mut request = notifier::NotificationRequest::new(
@@ -251,11 +253,7 @@ impl Gateway {
             json!({"event": event, "at": at}),
         );
         request.phone = Some(phone.to_owned());
-        tokio::spawn(async move {
-            if let Err(error) = queue.enqueue(&request).await {
-                tracing::warn!(%error, "security alert not queued");
-            }
-        });
+        self.send_queue.push(Some(request));
     }
 
     async fn new_challenge(

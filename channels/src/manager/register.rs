@@ -160,12 +160,14 @@ pub(crate) async fn register(
             context,
         )
         .await?;
-    if let Some(customer) = &eligible {
-        gateway.send_code(&customer.id, &phone, code, Purpose::Register, &challenge.id);
-    }
+    let message = eligible.as_ref().map(|customer| {
+        gateway.code_message(&customer.id, &phone, code, Purpose::Register, &challenge.id)
+    });
     gateway
         .audit("register_started", &subject, &registrant.label, &ip, true)
         .await;
+    // Last, and for every request: nothing sent for an unknown phone is the same step.
+    gateway.send_queue.push(message);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"challenge_id": challenge.id, "expires_in": challenge::CODE_TTL_S})),

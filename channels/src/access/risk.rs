@@ -141,7 +141,15 @@ mod tests {
         use Signal::*;
         const HERE: &str = "10.1.2.0/24";
         let here = HERE;
-        let cases: Vec<(&str, Option<i64>, &[&str], u32, bool, Vec<Signal>)> = vec![
+        type Case = (
+            &'static str,
+            Option<i64>,
+            &'static [&'static str],
+            u32,
+            bool,
+            Vec<Signal>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "trusted device, known network",
                 Some(1),

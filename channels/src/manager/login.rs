@@ -173,11 +173,14 @@ pub(crate) async fn login(
         )
             .into_response());
     }
-    gateway
-        .store
-        .remember_login_network(&customer, &network, kernel::now())
-        .await
-        .map_err(unavailable)?;
+    // A known network is not written again: no store write on the usual login.
+    if !known_networks.contains(&network) {
+        gateway
+            .store
+            .remember_login_network(&customer, &network, kernel::now())
+            .await
+            .map_err(unavailable)?;
+    }
     let tokens = gateway.open_session(&customer, &request.device_id).await?;
     metrics::LOGINS_OK.inc();
     gateway

@@ -194,6 +194,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(staff::customer_sessions),
         )
         .route("/staff/v1/audit", get(staff::audit))
+        .route(
+            "/staff/v1/customers/{id}/risk-flag",
+            axum::routing::put(staff::set_risk_flag).delete(staff::clear_risk_flag),
+        )
         .route("/admin/v1/staff", post(staff::create))
         .route("/v1/me", get(rest::me))
         .route("/v1/me/phone", post(manager::change_phone))

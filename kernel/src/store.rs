@@ -354,6 +354,16 @@ pub trait AuthStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
 
+    /// Flags the customer as risky until `until` (antifraud, set by the security staff):
+    /// logins need a second factor meanwhile. A time in the past clears the flag.
+    async fn set_risk_flag(
+        &self,
+        customer: &CustomerId,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Until when the customer is flagged, if ever (possibly in the past).
+    async fn risk_flag(&self, customer: &CustomerId) -> Result<Option<OffsetDateTime>, StoreError>;
+
     async fn totp_enrolment(
         &self,
         customer: &CustomerId,

@@ -767,6 +767,35 @@ pub(crate) async fn remember_login_network(
     Ok(())
 }
 
+pub(crate) async fn set_risk_flag(
+    c: &mut Conn,
+    customer: &str,
+    until: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO risk_flags (customer_id, until_ms) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET until_ms = excluded.until_ms",
+    )
+    .bind(customer)
+    .bind(time_to_db(until)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn risk_flag(
+    c: &mut Conn,
+    customer: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let row = sqlx::query("SELECT until_ms FROM risk_flags WHERE customer_id = $1")
+        .bind(customer)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?;
+    row.map(|row| time_from_db(col(&row, 0)?)).transpose()
+}
+
 pub(crate) async fn totp_enrolment(
     c: &mut Conn,
     customer: &str,

@@ -320,8 +320,9 @@ CREATE TABLE abs_card_pans (
 "#;
 
 /// The Access Manager, continued: staff sessions beside customer ones (`scope`), customers'
-/// TOTP enrolments (the secret sealed by the Access Manager, the last accepted step), and the
-/// IP networks each customer completed a login from (a risk signal when a new one appears).
+/// TOTP enrolments (the secret sealed by the Access Manager, the last accepted step), the IP
+/// networks each customer completed a login from (a risk signal when a new one appears), and
+/// antifraud flags set by the security staff (another risk signal while they last).
 const SQLITE_ACCESS_V5: &str = r#"
 ALTER TABLE sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'customer';
 CREATE INDEX sessions_scope ON sessions (scope, created_at_ms);
@@ -337,6 +338,10 @@ CREATE TABLE login_networks (
     network TEXT NOT NULL,
     last_seen_ms BIGINT NOT NULL,
     PRIMARY KEY (customer_id, network)
+);
+CREATE TABLE risk_flags (
+    customer_id TEXT PRIMARY KEY,
+    until_ms BIGINT NOT NULL
 );
 "#;
 
@@ -355,6 +360,10 @@ CREATE TABLE login_networks (
     network TEXT NOT NULL,
     last_seen_ms BIGINT NOT NULL,
     PRIMARY KEY (customer_id, network)
+);
+CREATE TABLE risk_flags (
+    customer_id TEXT PRIMARY KEY,
+    until_ms BIGINT NOT NULL
 );
 "#;
 

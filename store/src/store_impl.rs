@@ -332,6 +332,27 @@ impl kernel::store::AuthStore for Backend {
         .await
     }
 
+    async fn set_risk_flag(
+        &self,
+        customer: &kernel::CustomerId,
+        until: time::OffsetDateTime,
+    ) -> Result<(), kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::set_risk_flag(c, &customer, until).await })
+        })
+        .await
+    }
+
+    async fn risk_flag(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<Option<time::OffsetDateTime>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::risk_flag(c, &customer).await }))
+            .await
+    }
+
     async fn totp_enrolment(
         &self,
         customer: &kernel::CustomerId,

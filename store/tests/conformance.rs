@@ -129,6 +129,7 @@ conformance!(
     trust_is_renewed_and_dated,
     login_networks_are_remembered_per_customer,
     totp_enrolment_confirms_once_and_steps_are_used_once,
+    risk_flags_are_set_renewed_and_cleared,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -817,6 +818,17 @@ async fn login_networks_are_remembered_per_customer(store: Arc<dyn Store>) {
     // Once each, the most recently used first.
     assert_eq!(networks("c1").await, ["10.0.0.0/24", "10.0.1.0/24"]);
     assert!(networks("c2").await.is_empty());
+}
+
+async fn risk_flags_are_set_renewed_and_cleared(store: Arc<dyn Store>) {
+    let now = kernel::now();
+    let later = now + time::Duration::hours(24);
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), None);
+    store.set_risk_flag(&cid("c1"), now).await.unwrap();
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), Some(now));
+    store.set_risk_flag(&cid("c1"), later).await.unwrap();
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), Some(later));
+    assert_eq!(store.risk_flag(&cid("c2")).await.unwrap(), None);
 }
 
 async fn totp_enrolment_confirms_once_and_steps_are_used_once(store: Arc<dyn Store>) {

@@ -1,7 +1,8 @@
 //! End-to-end, staff sessions: staff tokens backed by stored sessions (refresh rotation with
 //! reuse detection, logout), the `security` role listing and ending staff sessions, and
 //! revocation effective at once for staff endpoints: on one embedded node, and across a
-//! two-node cluster (NATS + PostgreSQL).
+//! two-node cluster (NATS + PostgreSQL). Also the security role's antifraud flags, which ask
+//! a customer's every login for a second factor while they last.
 
 use std::time::Duration;
 
@@ -284,4 +285,83 @@ async fn staff_session_revocation_reaches_every_node_of_a_cluster() {
         );
     }
     staff_sessions_scenario(&nodes[0].client(), &nodes[1].client()).await;
+}
+
+#[tokio::test]
+async fn an_antifraud_flag_asks_every_login_for_a_second_factor_while_it_lasts() {
+    let sms = SmsGateway::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("arbat-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = NodeSpec::embedded(&dir);
+    spec.env.push(("ARBAT_SMS_URL".into(), sms.url.clone()));
+    let node = ArbatProcess::start(spec).await.expect("node starts");
+    let client = node.client();
+    let security = provision(&client, "sec-1", "security").await;
+    let support = provision(&client, "sup-1", "support").await;
+    let guard = staff_login(&client, "sec-1", &security).await;
+    let helper = staff_login(&client, "sup-1", &support).await;
+    let me = tests::phone(7);
+    let login = || async {
+        client
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"login": me, "password": tests::DEMO_PASSWORD, "device_id": "d1"}),
+            )
+            .await
+            .unwrap()
+    };
+    let (status, customer) = login().await;
+    assert_eq!(status, 200, "{customer}");
+    let flag = "/staff/v1/customers/c000007/risk-flag";
+    let put = |tokens: &Value, body: Value| {
+        let client = client.clone();
+        let token = access(tokens).map(str::to_owned);
+        async move {
+            let mut request = client
+                .http
+                .put(format!("{}{flag}", client.base))
+                .json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    // Only the security role flags; out-of-range lengths are refused.
+    assert_eq!(put(&helper, json!({"hours": 1})).await, 403);
+    assert_eq!(put(&customer, json!({"hours": 1})).await, 403);
+    assert_eq!(put(&guard, json!({"hours": 0})).await, 400);
+    assert_eq!(put(&guard, json!({"hours": 721})).await, 400);
+    assert_eq!(login().await.0, 200);
+    assert_eq!(put(&guard, json!({"hours": 1})).await, 204);
+    // Flagged: the trusted device, known network and clean record still need a code.
+    for sent in 0..2 {
+        let (status, challenge) = login().await;
+        assert_eq!(
+            (status, challenge["reason"].as_str()),
+            (202, Some("risk")),
+            "{challenge}"
+        );
+        let code = sms.code_for(&me, sent).await.unwrap();
+        let (status, body) = client
+            .post(
+                &format!(
+                    "/v1/auth/challenges/{}/confirm",
+                    challenge["challenge_id"].as_str().unwrap()
+                ),
+                None,
+                json!({"code": code}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = client.delete(flag, access(&helper)).await.unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = client.delete(flag, access(&guard)).await.unwrap();
+    assert_eq!(status, 204);
+    assert_eq!(login().await.0, 200);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }

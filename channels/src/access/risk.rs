@@ -12,7 +12,8 @@
 //! - `recent_failures`: the login has 3 or more failed password attempts counted since its
 //!   last success (the lockout counter; a lockout that has ended still counts, since a
 //!   success right after one is what a patient guesser looks like);
-//! - `antifraud`: an antifraud flag on the customer.
+//! - `antifraud`: an antifraud flag on the customer that has not ended (set by the security
+//!   staff, `PUT /staff/v1/customers/{id}/risk-flag`).
 
 use std::net::IpAddr;
 

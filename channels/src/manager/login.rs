@@ -99,6 +99,13 @@ pub(crate) async fn login(
         .login_networks(&customer)
         .await
         .map_err(unavailable)?;
+    let now = kernel::now();
+    let antifraud_flagged = gateway
+        .store
+        .risk_flag(&customer)
+        .await
+        .map_err(unavailable)?
+        .is_some_and(|until| until > now);
     let signals = risk::assess(
         &RiskPolicy::default(),
         &LoginFacts {
@@ -106,9 +113,8 @@ pub(crate) async fn login(
             network: &network,
             known_networks: &known_networks,
             failures: recent_failures,
-            // No antifraud feed scores logins yet; the rule is ready for one.
-            antifraud_flagged: false,
-            now: kernel::now().unix_timestamp(),
+            antifraud_flagged,
+            now: now.unix_timestamp(),
         },
     );
     if !signals.is_empty() {

@@ -5,10 +5,13 @@
 //!
 //! Staff tokens belong to stored sessions (`sessions.rs`): refresh rotation with reuse
 //! detection, logout, and revocation by the `security` role, effective at once on every
-//! node (the revoked set, like customers').
+//! node (the revoked set, like customers'). The `security` role also sets antifraud flags on
+//! customers (`risk_flags.rs`), a risk signal at login.
 
+mod risk_flags;
 mod sessions;
 
+pub(crate) use risk_flags::{clear as clear_risk_flag, set as set_risk_flag};
 pub(crate) use sessions::{delete_session, list_sessions, logout, refresh};
 
 use std::sync::Arc;

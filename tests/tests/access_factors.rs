@@ -382,7 +382,14 @@ async fn a_trusted_device_still_gets_a_second_factor_after_a_risk_signal() {
         (202, Some("risk")),
         "{challenge}"
     );
-    let code = sms.code_for(&other, 0).await.unwrap();
+    // The password alone does not clear the signal: trying again asks again.
+    let (status, challenge) = login(&here, &other, DEMO_PASSWORD, "d1").await;
+    assert_eq!(
+        (status, challenge["reason"].as_str()),
+        (202, Some("risk")),
+        "{challenge}"
+    );
+    let code = sms.code_for(&other, 1).await.unwrap();
     let (status, body) = confirm(&here, &challenge["challenge_id"], json!({"code": code})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(login(&here, &other, DEMO_PASSWORD, "d1").await.0, 200);

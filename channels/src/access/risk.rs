@@ -10,7 +10,7 @@
 //!   never completed a login from, when the customer has such a history at all (the first
 //!   network is learned, not flagged);
 //! - `recent_failures`: the login has 3 or more failed password attempts counted since its
-//!   last success (the lockout counter; a lockout that has ended still counts, since a
+//!   last complete success (the shell clears the counts only after the second factor) (the lockout counter; a lockout that has ended still counts, since a
 //!   success right after one is what a patient guesser looks like);
 //! - `antifraud`: an antifraud flag on the customer that has not ended (set by the security
 //!   staff, `PUT /staff/v1/customers/{id}/risk-flag`).

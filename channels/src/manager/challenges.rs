@@ -257,6 +257,19 @@ async fn finish(
             Ok(Json(gateway.open_session(&customer, &device_id).await?).into_response())
         }
         Purpose::Login => {
+            // The login's and the device's failure counts end with the second factor.
+            let failure_keys = challenge.context["failure_keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str);
+            for key in failure_keys {
+                gateway
+                    .store
+                    .clear_failures(key)
+                    .await
+                    .map_err(unavailable)?;
+            }
             gateway
                 .store
                 .trust_device(&customer, &device_id, kernel::now())

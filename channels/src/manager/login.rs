@@ -80,13 +80,6 @@ pub(crate) async fn login(
             .await;
         return Err(invalid_credentials());
     };
-    for key in &keys[..2] {
-        gateway
-            .store
-            .clear_failures(key)
-            .await
-            .map_err(unavailable)?;
-    }
     let customer = credential.customer_id.clone();
     let network = risk::network_of(&ip);
     let device_trusted_at = gateway
@@ -124,7 +117,13 @@ pub(crate) async fn login(
             .await
             .map_err(unavailable)?
             .is_some_and(|enrolment| enrolment.confirmed);
-        let context = json!({"subject": customer.as_str(), "device_id": request.device_id});
+        // The failure counts stay until the second factor is passed (`challenges::finish`):
+        // a password alone must not wipe the `recent_failures` signal for the next try.
+        let context = json!({
+            "subject": customer.as_str(),
+            "device_id": request.device_id,
+            "failure_keys": &keys[..2],
+        });
         let (challenge, code) = gateway
             .new_challenge(
                 Purpose::Login,
@@ -178,6 +177,13 @@ pub(crate) async fn login(
             })),
         )
             .into_response());
+    }
+    for key in &keys[..2] {
+        gateway
+            .store
+            .clear_failures(key)
+            .await
+            .map_err(unavailable)?;
     }
     // A known network is not written again: no store write on the usual login.
     if !known_networks.contains(&network) {

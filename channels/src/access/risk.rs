@@ -9,9 +9,10 @@
 //! - `new_network`: the login comes from an IP network (IPv4 /24, IPv6 /64) the customer
 //!   never completed a login from, when the customer has such a history at all (the first
 //!   network is learned, not flagged);
-//! - `recent_failures`: the login has 3 or more failed password attempts counted since its
-//!   last complete success (the shell clears the counts only after the second factor) (the lockout counter; a lockout that has ended still counts, since a
-//!   success right after one is what a patient guesser looks like);
+//! - `recent_failures`: the login has 3 or more failed password attempts since its last
+//!   complete success (the lockout counter, which the shell clears only after the second
+//!   factor; a lockout that has ended still counts, since a success right after one is what
+//!   a patient guesser looks like);
 //! - `antifraud`: an antifraud flag on the customer that has not ended (set by the security
 //!   staff, `PUT /staff/v1/customers/{id}/risk-flag`).
 

@@ -1,5 +1,5 @@
 //! Password hashing and the bearer-token extractors (customer, optional customer).
-//! The login itself is in manager.rs; staff tokens in staff.rs.
+//! The login itself is in manager/login.rs; staff tokens in staff/.
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! The Access Manager's pure core: challenges, rate-limit buckets, TOTP, login risk rules,
 //! sealing of secrets at rest, and policies. No I/O here; the HTTP handlers in `manager/`
-//! and `staff.rs` are the thin shell.
+//! and `staff/` are the thin shell.
 
 pub mod challenge;
 pub mod policy;

@@ -1,4 +1,5 @@
-//! Password hashing and the bearer-token extractors (customer, optional customer).
+//! Password hashing and verification (argon2id) and the bearer-token extractors (customer,
+//! optional customer).
 //! The login itself is in manager/login.rs; staff tokens in staff/.
 
 use std::sync::Arc;

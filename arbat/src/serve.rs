@@ -188,6 +188,7 @@ pub async fn run(
         hub: Hub::new(bus.clone()),
         notifier: Some(notifier.notifier.clone()),
         queue: Some(notifier.queue.clone()),
+        send_queue: channels::SendQueue::start(Some(notifier.queue.clone())),
         revocations,
         limits,
         operations: Some(operations),

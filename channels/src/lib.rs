@@ -4,10 +4,12 @@
 //!
 //! - [`router`] / [`run`]: the axum application and its server loop (bind port 0 in tests).
 //! - auth.rs: password hashing (argon2id) and the bearer-token extractors.
-//! - manager.rs: the Access Manager (register, login + second factor, challenges, refresh
-//!   rotation with reuse detection, logout, sessions, step-up, password change); its pure
-//!   rules are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
-//! - staff.rs: staff accounts, roles, staff login (password + TOTP) and `/staff/v1/*`.
+//! - manager/: the Access Manager, one file per flow: `register`, `login` (+ second factor),
+//!   `challenges` (confirmation, step-up), `sessions` (refresh rotation with reuse detection,
+//!   logout, the session list), `credentials` (password and phone change); its pure rules
+//!   are in [`access`] (challenges, rate-limit buckets, TOTP, policies).
+//! - staff/: staff accounts, roles, staff login (password + TOTP), stored staff sessions
+//!   (refresh, logout, revocation by `security`) and `/staff/v1/*`.
 //! - [`revocations`]: revoked sessions per node, fed by `ctl.*` control messages.
 //! - guard.rs: per-IP limits, CORS/Origin allowlist, timeouts, security headers.
 //! - openapi.json: the OpenAPI 3.1 document served at `GET /v1/openapi.json`.
@@ -68,6 +70,7 @@ mod ws;
 pub use auth::{DummyHash, hash_password};
 pub use guard::Limits;
 pub use hub::Hub;
+pub use manager::{SEND_QUEUE_CAPACITY, SendQueue};
 pub use revocations::Revocations;
 pub use tokens::{Claims, TokenKeys};
 
@@ -150,8 +153,10 @@ pub struct Gateway {
     pub operations: Option<studio::Catalogue>,
     /// Preferences, devices and metrics of the node's notifier.
     pub notifier: Option<Arc<notifier::Notifier>>,
-    /// The node's notifier queue: codes and security alerts go out through it.
+    /// The node's notifier queue.
     pub queue: Option<Arc<dyn notifier::WorkQueue>>,
+    /// Codes and security alerts on their way to `queue` (bounded, off the request path).
+    pub send_queue: SendQueue,
     pub revocations: Revocations,
     pub limits: Limits,
     pub sockets: AtomicUsize,
@@ -179,14 +184,31 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             axum::routing::delete(manager::delete_session),
         )
         .route("/staff/v1/auth/login", post(staff::login))
+        .route("/staff/v1/auth/refresh", post(staff::refresh))
+        .route("/staff/v1/auth/logout", post(staff::logout))
+        .route("/staff/v1/sessions", get(staff::list_sessions))
+        .route(
+            "/staff/v1/sessions/{id}",
+            axum::routing::delete(staff::delete_session),
+        )
         .route(
             "/staff/v1/customers/{id}/sessions",
             get(staff::customer_sessions),
         )
         .route("/staff/v1/audit", get(staff::audit))
+        .route(
+            "/staff/v1/customers/{id}/risk-flag",
+            axum::routing::put(staff::set_risk_flag).delete(staff::clear_risk_flag),
+        )
         .route("/admin/v1/staff", post(staff::create))
         .route("/v1/me", get(rest::me))
         .route("/v1/me/phone", post(manager::change_phone))
+        .route(
+            "/v1/me/totp",
+            get(manager::totp_status).post(manager::start_totp),
+        )
+        .route("/v1/me/totp/confirm", post(manager::confirm_totp))
+        .route("/v1/me/totp/remove", post(manager::remove_totp))
         .route("/v1/products", get(rest::products))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
         .route("/v1/feed", get(rest::feed))

@@ -168,6 +168,8 @@ pub struct SessionRecord {
     pub generation: u64,
     /// Last login or refresh: the idle timeout counts from here.
     pub last_used_at: OffsetDateTime,
+    /// `customer` or `staff` (then `customer_id` holds the staff login).
+    pub scope: String,
 }
 
 impl SessionRecord {
@@ -188,8 +190,30 @@ impl SessionRecord {
             refresh_hash,
             generation: 0,
             last_used_at: now,
+            scope: "customer".into(),
         }
     }
+
+    /// A fresh staff session: `login` is the staff member's.
+    pub fn staff(id: String, login: CustomerId, refresh_hash: String, now: OffsetDateTime) -> Self {
+        Self {
+            scope: "staff".into(),
+            ..Self::new(id, login, "staff".into(), refresh_hash, now)
+        }
+    }
+}
+
+/// A customer's TOTP second factor. The secret is sealed by the Access Manager before it
+/// gets here; the store never sees it in clear.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TotpEnrolment {
+    pub customer_id: CustomerId,
+    pub sealed_secret: Vec<u8>,
+    /// False until a first valid code confirmed the enrolment.
+    pub confirmed: bool,
+    /// The last TOTP time step accepted: a step is accepted once.
+    pub last_step: i64,
+    pub created_at: OffsetDateTime,
 }
 
 /// A one-time-code challenge as the store keeps it. The Access Manager owns `state` (its
@@ -286,8 +310,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// Marks the session revoked (at `now`); twice is fine, an unknown id is `NotFound`.
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError>;
-    /// A customer's sessions that are not revoked, newest first (at most 100).
+    /// A customer's sessions that are not revoked, newest first (at most 100); never staff
+    /// sessions.
     async fn sessions_of(&self, customer: &CustomerId) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Staff sessions that are not revoked, newest first (at most `limit`).
+    async fn staff_sessions(&self, limit: u32) -> Result<Vec<SessionRecord>, StoreError>;
     /// Rotates the refresh token if, and only if, the session is live and its current hash is
     /// `old_hash`: returns false otherwise (a reused or concurrently used token).
     async fn rotate_refresh(
@@ -336,7 +363,8 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<LockState, StoreError>;
     async fn clear_failures(&self, key: &str) -> Result<(), StoreError>;
 
-    /// Remembers a device as trusted for the customer (idempotent). Device `*` trusts all.
+    /// Remembers a device as trusted for the customer from `now` (idempotent; trusting again
+    /// renews the trust). Device `*` trusts all.
     async fn trust_device(
         &self,
         customer: &CustomerId,
@@ -348,6 +376,53 @@ pub trait AuthStore: Send + Sync + 'static {
         customer: &CustomerId,
         device_id: &str,
     ) -> Result<bool, StoreError>;
+    /// When the device was (last) trusted for the customer, if it is; `*` counts too.
+    async fn device_trusted_at(
+        &self,
+        customer: &CustomerId,
+        device_id: &str,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// The IP networks the customer completed a login from, most recent first (at most 100).
+    async fn login_networks(&self, customer: &CustomerId) -> Result<Vec<String>, StoreError>;
+    /// Remembers a completed login from `network` (idempotent; renews its time).
+    async fn remember_login_network(
+        &self,
+        customer: &CustomerId,
+        network: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Flags the customer as risky until `until` (antifraud, set by the security staff):
+    /// logins need a second factor meanwhile. A time in the past clears the flag.
+    async fn set_risk_flag(
+        &self,
+        customer: &CustomerId,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Until when the customer is flagged, if ever (possibly in the past).
+    async fn risk_flag(&self, customer: &CustomerId) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    async fn totp_enrolment(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<TotpEnrolment>, StoreError>;
+    /// Stores an unconfirmed enrolment, replacing an unconfirmed one; false (and nothing
+    /// changes) while a confirmed one exists.
+    async fn start_totp(&self, enrolment: &TotpEnrolment) -> Result<bool, StoreError>;
+    /// Confirms the unconfirmed enrolment whose sealed secret is `sealed_secret`, recording
+    /// `step` as used; false when there is no such enrolment (replaced or already confirmed).
+    async fn confirm_totp(
+        &self,
+        customer: &CustomerId,
+        sealed_secret: &[u8],
+        step: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records `step` as used if the enrolment is confirmed and `step` is later than the last
+    /// used one; false means a replayed (or older) step.
+    async fn use_totp_step(&self, customer: &CustomerId, step: i64) -> Result<bool, StoreError>;
+    /// Removes the enrolment; returns whether there was one.
+    async fn delete_totp(&self, customer: &CustomerId) -> Result<bool, StoreError>;
 
     /// Appends to the audit log (which has no update or delete).
     async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError>;

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use kernel::store::{
     AbsCustomer, AbsLegResult, AbsPosting, AbsPostingResult, AbsProduct, AbsTransfer,
     AbsTransferResult, AuditEntry, ChallengeRecord, Commit, Credential, CustomerRecord, LockState,
-    LockoutPolicy, OutboxRow, SessionRecord, Snapshot, StaffAccount, StoreError,
+    LockoutPolicy, OutboxRow, SessionRecord, Snapshot, StaffAccount, StoreError, TotpEnrolment,
 };
 use kernel::{CustomerId, FeedEvent};
 use sqlx::Row;
@@ -395,8 +395,8 @@ pub(crate) async fn insert_credential(
     Ok(inserted == 1)
 }
 
-const SESSION_COLUMNS: &str =
-    "id, customer_id, device_id, created_at_ms, revoked, refresh_hash, generation, last_used_at_ms";
+const SESSION_COLUMNS: &str = "id, customer_id, device_id, created_at_ms, revoked, refresh_hash, \
+     generation, last_used_at_ms, scope";
 
 pub(crate) async fn create_session(
     c: &mut Conn,
@@ -404,8 +404,8 @@ pub(crate) async fn create_session(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO sessions (id, customer_id, device_id, created_at_ms, revoked,
-             refresh_hash, generation, last_used_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             refresh_hash, generation, last_used_at_ms, scope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&session.id)
     .bind(session.customer_id.as_str())
@@ -415,6 +415,7 @@ pub(crate) async fn create_session(
     .bind(&session.refresh_hash)
     .bind(seq_to_db(session.generation)?)
     .bind(time_to_db(session.last_used_at)?)
+    .bind(&session.scope)
     .execute(&mut *c)
     .await
     .map_err(db_err)?;
@@ -437,6 +438,7 @@ where
         refresh_hash: col(row, 5)?,
         generation: seq_from_db(col(row, 6)?)?,
         last_used_at: time_from_db(col(row, 7)?)?,
+        scope: col(row, 8)?,
     })
 }
 
@@ -457,11 +459,28 @@ pub(crate) async fn sessions_of(
     customer: &str,
 ) -> Result<Vec<SessionRecord>, StoreError> {
     let sql = format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE customer_id = $1 AND NOT revoked
+        "SELECT {SESSION_COLUMNS} FROM sessions
+         WHERE customer_id = $1 AND scope = 'customer' AND NOT revoked
          ORDER BY created_at_ms DESC, id DESC LIMIT 100"
     );
     let rows = sqlx::query(&sql)
         .bind(customer)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(db_err)?;
+    rows.iter().map(session_from_row).collect()
+}
+
+pub(crate) async fn staff_sessions(
+    c: &mut Conn,
+    max: u32,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE scope = 'staff' AND NOT revoked
+         ORDER BY created_at_ms DESC, id DESC LIMIT $1"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(limit(max))
         .fetch_all(&mut *c)
         .await
         .map_err(db_err)?;
@@ -671,7 +690,7 @@ pub(crate) async fn trust_device(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO trusted_devices (customer_id, device_id, created_at_ms) VALUES ($1, $2, $3)
-         ON CONFLICT (customer_id, device_id) DO NOTHING",
+         ON CONFLICT (customer_id, device_id) DO UPDATE SET created_at_ms = excluded.created_at_ms",
     )
     .bind(customer)
     .bind(device_id)
@@ -696,6 +715,183 @@ pub(crate) async fn is_trusted_device(
     .await
     .map_err(db_err)?;
     Ok(row.is_some())
+}
+
+pub(crate) async fn device_trusted_at(
+    c: &mut Conn,
+    customer: &str,
+    device_id: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let row = sqlx::query(
+        "SELECT MAX(created_at_ms) FROM trusted_devices
+         WHERE customer_id = $1 AND device_id IN ($2, '*')",
+    )
+    .bind(customer)
+    .bind(device_id)
+    .fetch_one(&mut *c)
+    .await
+    .map_err(db_err)?;
+    let at: Option<i64> = col(&row, 0)?;
+    at.map(time_from_db).transpose()
+}
+
+pub(crate) async fn login_networks(
+    c: &mut Conn,
+    customer: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT network FROM login_networks WHERE customer_id = $1
+         ORDER BY last_seen_ms DESC, network LIMIT 100",
+    )
+    .bind(customer)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(db_err)?;
+    rows.iter().map(|row| col(row, 0)).collect()
+}
+
+pub(crate) async fn remember_login_network(
+    c: &mut Conn,
+    customer: &str,
+    network: &str,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO login_networks (customer_id, network, last_seen_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (customer_id, network) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+    )
+    .bind(customer)
+    .bind(network)
+    .bind(time_to_db(now)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn set_risk_flag(
+    c: &mut Conn,
+    customer: &str,
+    until: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO risk_flags (customer_id, until_ms) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET until_ms = excluded.until_ms",
+    )
+    .bind(customer)
+    .bind(time_to_db(until)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn risk_flag(
+    c: &mut Conn,
+    customer: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let row = sqlx::query("SELECT until_ms FROM risk_flags WHERE customer_id = $1")
+        .bind(customer)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(db_err)?;
+    row.map(|row| time_from_db(col(&row, 0)?)).transpose()
+}
+
+pub(crate) async fn totp_enrolment(
+    c: &mut Conn,
+    customer: &str,
+) -> Result<Option<TotpEnrolment>, StoreError> {
+    let row = sqlx::query(
+        "SELECT customer_id, sealed_secret, confirmed, last_step, created_at_ms
+         FROM customer_totp WHERE customer_id = $1",
+    )
+    .bind(customer)
+    .fetch_optional(&mut *c)
+    .await
+    .map_err(db_err)?;
+    row.map(|row| {
+        Ok(TotpEnrolment {
+            customer_id: customer_from_db(col(&row, 0)?)?,
+            sealed_secret: col(&row, 1)?,
+            confirmed: col(&row, 2)?,
+            last_step: col(&row, 3)?,
+            created_at: time_from_db(col(&row, 4)?)?,
+        })
+    })
+    .transpose()
+}
+
+/// Inserts, or replaces an unconfirmed enrolment; a confirmed one is left alone.
+pub(crate) async fn start_totp(
+    c: &mut Conn,
+    enrolment: &TotpEnrolment,
+) -> Result<bool, StoreError> {
+    let written = sqlx::query(
+        "INSERT INTO customer_totp (customer_id, sealed_secret, confirmed, last_step, created_at_ms)
+         VALUES ($1, $2, FALSE, $3, $4)
+         ON CONFLICT (customer_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
+             last_step = excluded.last_step, created_at_ms = excluded.created_at_ms
+         WHERE NOT customer_totp.confirmed",
+    )
+    .bind(enrolment.customer_id.as_str())
+    .bind(&enrolment.sealed_secret)
+    .bind(enrolment.last_step)
+    .bind(time_to_db(enrolment.created_at)?)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(written == 1)
+}
+
+pub(crate) async fn confirm_totp(
+    c: &mut Conn,
+    customer: &str,
+    sealed_secret: &[u8],
+    step: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE customer_totp SET confirmed = TRUE, last_step = $3
+         WHERE customer_id = $1 AND sealed_secret = $2 AND NOT confirmed",
+    )
+    .bind(customer)
+    .bind(sealed_secret)
+    .bind(step)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Compare-and-set on the last step: of two uses of one code, one wins.
+pub(crate) async fn use_totp_step(
+    c: &mut Conn,
+    customer: &str,
+    step: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE customer_totp SET last_step = $2
+         WHERE customer_id = $1 AND confirmed AND last_step < $2",
+    )
+    .bind(customer)
+    .bind(step)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+pub(crate) async fn delete_totp(c: &mut Conn, customer: &str) -> Result<bool, StoreError> {
+    let deleted = sqlx::query("DELETE FROM customer_totp WHERE customer_id = $1")
+        .bind(customer)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    Ok(deleted == 1)
 }
 
 pub(crate) async fn audit_append(c: &mut Conn, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -20,6 +20,7 @@ const SQLITE: &[(i64, &str)] = &[
     (2, SQLITE_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (5, SQLITE_ACCESS_V5),
     (6, AUTOPAY_SCHEDULE_V6),
 ];
 const POSTGRES: &[(i64, &str)] = &[
@@ -27,6 +28,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (2, POSTGRES_V2),
     (3, LEDGER_V3),
     (4, CARD_PANS_V4),
+    (5, POSTGRES_ACCESS_V5),
     (6, AUTOPAY_SCHEDULE_V6),
 ];
 
@@ -316,6 +318,54 @@ CREATE TABLE abs_card_pans (
     pan_hash TEXT PRIMARY KEY,
     card_id TEXT NOT NULL REFERENCES abs_products (id),
     customer_id TEXT NOT NULL REFERENCES abs_customers (id)
+);
+"#;
+
+/// The Access Manager, continued: staff sessions beside customer ones (`scope`), customers'
+/// TOTP enrolments (the secret sealed by the Access Manager, the last accepted step), the IP
+/// networks each customer completed a login from (a risk signal when a new one appears), and
+/// antifraud flags set by the security staff (another risk signal while they last).
+const SQLITE_ACCESS_V5: &str = r#"
+ALTER TABLE sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'customer';
+CREATE INDEX sessions_scope ON sessions (scope, created_at_ms);
+CREATE TABLE customer_totp (
+    customer_id TEXT PRIMARY KEY,
+    sealed_secret BLOB NOT NULL,
+    confirmed BOOLEAN NOT NULL,
+    last_step BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE login_networks (
+    customer_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, network)
+);
+CREATE TABLE risk_flags (
+    customer_id TEXT PRIMARY KEY,
+    until_ms BIGINT NOT NULL
+);
+"#;
+
+const POSTGRES_ACCESS_V5: &str = r#"
+ALTER TABLE sessions ADD COLUMN scope TEXT NOT NULL DEFAULT 'customer';
+CREATE INDEX sessions_scope ON sessions (scope, created_at_ms);
+CREATE TABLE customer_totp (
+    customer_id TEXT PRIMARY KEY,
+    sealed_secret BYTEA NOT NULL,
+    confirmed BOOLEAN NOT NULL,
+    last_step BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE login_networks (
+    customer_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (customer_id, network)
+);
+CREATE TABLE risk_flags (
+    customer_id TEXT PRIMARY KEY,
+    until_ms BIGINT NOT NULL
 );
 "#;
 

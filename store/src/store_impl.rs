@@ -173,6 +173,14 @@ impl kernel::store::AuthStore for Backend {
             .await
     }
 
+    async fn staff_sessions(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<kernel::store::SessionRecord>, kernel::store::StoreError> {
+        self.read(move |c| Box::pin(async move { queries::staff_sessions(c, limit).await }))
+            .await
+    }
+
     async fn revoke_session(&self, id: &str) -> Result<(), kernel::store::StoreError> {
         let id = id.to_owned();
         self.write(move |c| Box::pin(async move { queries::revoke_session(c, &id).await }))
@@ -319,6 +327,115 @@ impl kernel::store::AuthStore for Backend {
             Box::pin(async move { queries::is_trusted_device(c, &customer, &device).await })
         })
         .await
+    }
+
+    async fn device_trusted_at(
+        &self,
+        customer: &kernel::CustomerId,
+        device_id: &str,
+    ) -> Result<Option<time::OffsetDateTime>, kernel::store::StoreError> {
+        let (customer, device) = (customer.as_str().to_owned(), device_id.to_owned());
+        self.read(move |c| {
+            Box::pin(async move { queries::device_trusted_at(c, &customer, &device).await })
+        })
+        .await
+    }
+
+    async fn login_networks(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<Vec<String>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::login_networks(c, &customer).await }))
+            .await
+    }
+
+    async fn remember_login_network(
+        &self,
+        customer: &kernel::CustomerId,
+        network: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<(), kernel::store::StoreError> {
+        let (customer, network) = (customer.as_str().to_owned(), network.to_owned());
+        self.write(move |c| {
+            Box::pin(
+                async move { queries::remember_login_network(c, &customer, &network, now).await },
+            )
+        })
+        .await
+    }
+
+    async fn set_risk_flag(
+        &self,
+        customer: &kernel::CustomerId,
+        until: time::OffsetDateTime,
+    ) -> Result<(), kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::set_risk_flag(c, &customer, until).await })
+        })
+        .await
+    }
+
+    async fn risk_flag(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<Option<time::OffsetDateTime>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::risk_flag(c, &customer).await }))
+            .await
+    }
+
+    async fn totp_enrolment(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<Option<kernel::store::TotpEnrolment>, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.read(move |c| Box::pin(async move { queries::totp_enrolment(c, &customer).await }))
+            .await
+    }
+
+    async fn start_totp(
+        &self,
+        enrolment: &kernel::store::TotpEnrolment,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let enrolment = enrolment.clone();
+        self.write(move |c| Box::pin(async move { queries::start_totp(c, &enrolment).await }))
+            .await
+    }
+
+    async fn confirm_totp(
+        &self,
+        customer: &kernel::CustomerId,
+        sealed_secret: &[u8],
+        step: i64,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let (customer, sealed) = (customer.as_str().to_owned(), sealed_secret.to_vec());
+        self.write(move |c| {
+            Box::pin(async move { queries::confirm_totp(c, &customer, &sealed, step).await })
+        })
+        .await
+    }
+
+    async fn use_totp_step(
+        &self,
+        customer: &kernel::CustomerId,
+        step: i64,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::use_totp_step(c, &customer, step).await })
+        })
+        .await
+    }
+
+    async fn delete_totp(
+        &self,
+        customer: &kernel::CustomerId,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let customer = customer.as_str().to_owned();
+        self.write(move |c| Box::pin(async move { queries::delete_totp(c, &customer).await }))
+            .await
     }
 
     async fn audit_append(

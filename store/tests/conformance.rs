@@ -14,7 +14,7 @@ use std::sync::Arc;
 use kernel::store::{
     AbsCustomer, AbsLeg, AbsPosting, AbsProduct, AbsTransfer, AuditEntry, ChallengeRecord, Commit,
     Credential, JournalStore, LockoutPolicy, OutboxMessage, SessionRecord, Snapshot, StaffAccount,
-    Store, StoreError,
+    Store, StoreError, TotpEnrolment,
 };
 use kernel::{CustomerId, FeedEvent};
 use serde_json::json;
@@ -130,6 +130,11 @@ conformance!(
     abs_concurrent_holds_never_exceed_the_balance,
     abs_random_holds_and_transfers_keep_the_invariants,
     abs_rate_set_is_replaced_only_by_a_newer_one,
+    staff_sessions_are_apart_from_customer_sessions,
+    trust_is_renewed_and_dated,
+    login_networks_are_remembered_per_customer,
+    totp_enrolment_confirms_once_and_steps_are_used_once,
+    risk_flags_are_set_renewed_and_cleared,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------
@@ -737,6 +742,146 @@ async fn trusted_devices_and_wildcard(store: Arc<dyn Store>) {
     assert!(!store.is_trusted_device(&cid("c2"), "d1").await.unwrap());
     store.trust_device(&cid("c2"), "*", now).await.unwrap();
     assert!(store.is_trusted_device(&cid("c2"), "any").await.unwrap());
+}
+
+async fn staff_sessions_are_apart_from_customer_sessions(store: Arc<dyn Store>) {
+    let t0 = kernel::now();
+    // A staff login may spell like a customer id: the scope keeps them apart.
+    let customer = SessionRecord::new("s1".into(), cid("alice"), "d".into(), "h".into(), t0);
+    let staff = SessionRecord::staff(
+        "s2".into(),
+        cid("alice"),
+        "h".into(),
+        t0 + time::Duration::seconds(1),
+    );
+    let other_staff = SessionRecord::staff(
+        "s3".into(),
+        cid("bob"),
+        "h".into(),
+        t0 + time::Duration::seconds(2),
+    );
+    for session in [&customer, &staff, &other_staff] {
+        store.create_session(session).await.unwrap();
+    }
+    assert_eq!(store.session("s2").await.unwrap(), Some(staff.clone()));
+    assert_eq!(store.session("s2").await.unwrap().unwrap().scope, "staff");
+    let ids = |list: Vec<SessionRecord>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.sessions_of(&cid("alice")).await.unwrap()), ["s1"]);
+    assert_eq!(ids(store.staff_sessions(10).await.unwrap()), ["s3", "s2"]);
+    assert_eq!(ids(store.staff_sessions(1).await.unwrap()), ["s3"]);
+    store.revoke_session("s3").await.unwrap();
+    assert_eq!(ids(store.staff_sessions(10).await.unwrap()), ["s2"]);
+    // Staff refresh rotation is the same compare-and-swap.
+    assert!(store.rotate_refresh("s2", "h", "h1", t0).await.unwrap());
+    assert!(!store.rotate_refresh("s2", "h", "h2", t0).await.unwrap());
+}
+
+async fn trust_is_renewed_and_dated(store: Arc<dyn Store>) {
+    let t0 = kernel::now();
+    let later = t0 + time::Duration::days(100);
+    assert_eq!(
+        store.device_trusted_at(&cid("c1"), "d1").await.unwrap(),
+        None
+    );
+    store.trust_device(&cid("c1"), "d1", t0).await.unwrap();
+    assert_eq!(
+        store.device_trusted_at(&cid("c1"), "d1").await.unwrap(),
+        Some(t0)
+    );
+    store.trust_device(&cid("c1"), "d1", later).await.unwrap();
+    assert_eq!(
+        store.device_trusted_at(&cid("c1"), "d1").await.unwrap(),
+        Some(later)
+    );
+    assert_eq!(
+        store.device_trusted_at(&cid("c1"), "d2").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.device_trusted_at(&cid("c2"), "d1").await.unwrap(),
+        None
+    );
+    store.trust_device(&cid("c2"), "*", t0).await.unwrap();
+    assert_eq!(
+        store.device_trusted_at(&cid("c2"), "any").await.unwrap(),
+        Some(t0)
+    );
+}
+
+async fn login_networks_are_remembered_per_customer(store: Arc<dyn Store>) {
+    let t0 = kernel::now();
+    let networks = |customer: &'static str| {
+        let store = store.clone();
+        async move { store.login_networks(&cid(customer)).await.unwrap() }
+    };
+    assert!(networks("c1").await.is_empty());
+    for (network, after_s) in [("10.0.0.0/24", 0), ("10.0.1.0/24", 1), ("10.0.0.0/24", 2)] {
+        store
+            .remember_login_network(&cid("c1"), network, t0 + time::Duration::seconds(after_s))
+            .await
+            .unwrap();
+    }
+    // Once each, the most recently used first.
+    assert_eq!(networks("c1").await, ["10.0.0.0/24", "10.0.1.0/24"]);
+    assert!(networks("c2").await.is_empty());
+}
+
+async fn risk_flags_are_set_renewed_and_cleared(store: Arc<dyn Store>) {
+    let now = kernel::now();
+    let later = now + time::Duration::hours(24);
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), None);
+    store.set_risk_flag(&cid("c1"), now).await.unwrap();
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), Some(now));
+    store.set_risk_flag(&cid("c1"), later).await.unwrap();
+    assert_eq!(store.risk_flag(&cid("c1")).await.unwrap(), Some(later));
+    assert_eq!(store.risk_flag(&cid("c2")).await.unwrap(), None);
+}
+
+async fn totp_enrolment_confirms_once_and_steps_are_used_once(store: Arc<dyn Store>) {
+    let now = kernel::now();
+    let enrolment = |sealed: &[u8]| TotpEnrolment {
+        customer_id: cid("c1"),
+        sealed_secret: sealed.to_vec(),
+        confirmed: false,
+        last_step: 0,
+        created_at: now,
+    };
+    assert_eq!(store.totp_enrolment(&cid("c1")).await.unwrap(), None);
+    assert!(!store.use_totp_step(&cid("c1"), 5).await.unwrap());
+    assert!(store.start_totp(&enrolment(b"first")).await.unwrap());
+    // An unconfirmed enrolment is replaced by a new start; steps are not usable yet.
+    assert!(store.start_totp(&enrolment(b"second")).await.unwrap());
+    assert!(!store.use_totp_step(&cid("c1"), 5).await.unwrap());
+    assert!(!store.confirm_totp(&cid("c1"), b"first", 10).await.unwrap());
+    assert!(store.confirm_totp(&cid("c1"), b"second", 10).await.unwrap());
+    assert!(!store.confirm_totp(&cid("c1"), b"second", 11).await.unwrap());
+    assert_eq!(
+        store.totp_enrolment(&cid("c1")).await.unwrap(),
+        Some(TotpEnrolment {
+            confirmed: true,
+            last_step: 10,
+            ..enrolment(b"second")
+        })
+    );
+    // A confirmed enrolment is not replaced by a new start.
+    assert!(!store.start_totp(&enrolment(b"third")).await.unwrap());
+    // The confirming step, or an older one, is spent; a later one is used once.
+    assert!(!store.use_totp_step(&cid("c1"), 10).await.unwrap());
+    assert!(!store.use_totp_step(&cid("c1"), 9).await.unwrap());
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.use_totp_step(&cid("c1"), 11).await.unwrap() });
+    }
+    let mut won = 0;
+    while let Some(result) = tasks.join_next().await {
+        won += usize::from(result.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert!(store.delete_totp(&cid("c1")).await.unwrap());
+    assert!(!store.delete_totp(&cid("c1")).await.unwrap());
+    assert_eq!(store.totp_enrolment(&cid("c1")).await.unwrap(), None);
+    assert!(store.start_totp(&enrolment(b"again")).await.unwrap());
 }
 
 async fn audit_log_is_append_only(store: Arc<dyn Store>) {

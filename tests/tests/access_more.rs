@@ -323,10 +323,11 @@ async fn login_token(client: &Client, n: u32) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-/// Loose timing check against enumeration: registering a phone the bank knows and one it does
-/// not take the same work (an argon2 hash, a challenge write; the SMS leaves off the request
-/// path). Interleaved samples, medians, and a generous factor, so that a noisy shared machine
-/// does not make it flaky; it catches a path that skips the hash (a ~50× difference).
+/// Timing check against enumeration: registering a phone the bank knows and one it does not
+/// take the same work on the request path (an argon2 hash, a challenge write, an audit entry,
+/// one hand-over to the send queue; the SMS leaves after the answer). Interleaved samples in
+/// ABBA order, medians, and a factor of 2: measured ratios were 0.92 to 1.09 with the machine
+/// at a load of 10 on 2 cores, and a path that skipped the hash would be ~50×.
 #[tokio::test]
 async fn registration_takes_as_long_for_unknown_phones_as_for_known_ones() {
     let node = LoggedNode::start().await;
@@ -347,10 +348,19 @@ async fn registration_takes_as_long_for_unknown_phones_as_for_known_ones() {
     // Warm-up: the first requests pay for connections and lazy initialisation.
     time(phone(199)).await;
     time("+79997650999".to_owned()).await;
+    // In ABBA order, so that each kind follows each kind equally often: whatever one request
+    // leaves running in the background (an SMS on its way) weighs on both kinds alike.
     let (mut known, mut unknown) = (vec![], vec![]);
-    for i in 0..15 {
-        known.push(time(phone(160 + i)).await);
-        unknown.push(time(format!("+7999765{:04}", i)).await);
+    for i in 0..24 {
+        let known_phone = phone(160 + i);
+        let unknown_phone = format!("+7999765{:04}", i);
+        if i % 2 == 0 {
+            known.push(time(known_phone).await);
+            unknown.push(time(unknown_phone).await);
+        } else {
+            unknown.push(time(unknown_phone).await);
+            known.push(time(known_phone).await);
+        }
     }
     let median = |mut samples: Vec<Duration>| {
         samples.sort();
@@ -360,7 +370,7 @@ async fn registration_takes_as_long_for_unknown_phones_as_for_known_ones() {
     let ratio = known / unknown;
     eprintln!("registration medians: known {known:.4} s, unknown {unknown:.4} s, ratio {ratio:.2}");
     assert!(
-        (1.0 / 3.0..=3.0).contains(&ratio),
+        (1.0 / 2.0..=2.0).contains(&ratio),
         "known {known:.4} s vs unknown {unknown:.4} s"
     );
 }

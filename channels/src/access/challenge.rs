@@ -131,6 +131,14 @@ impl Challenge {
     /// used/expired/exhausted checks counts an attempt (also a right code for the wrong
     /// operation); success marks the challenge used. The caller persists `self` either way.
     pub fn verify(&mut self, code: &str, binding: &str, now: i64) -> Result<(), ChallengeError> {
+        let code_ok = self.code_matches(code);
+        self.settle(code_ok, binding, now)
+    }
+
+    /// Whether an attempt may be made now (not used, not expired, attempts left); changes
+    /// nothing. A caller checking a factor with side effects of its own (a TOTP step that is
+    /// spent once accepted) asks this first.
+    pub fn open_for_attempt(&self, now: i64) -> Result<(), ChallengeError> {
         if self.used {
             return Err(ChallengeError::AlreadyUsed);
         }
@@ -140,13 +148,21 @@ impl Challenge {
         if self.attempts >= MAX_ATTEMPTS {
             return Err(ChallengeError::TooManyAttempts);
         }
+        Ok(())
+    }
+
+    /// Counts one attempt whose factor was `factor_ok`: this challenge's own code (see
+    /// [`Challenge::verify`]) or another factor the caller checked (a TOTP code, for a
+    /// login). The same limits apply whichever factor was used.
+    pub fn settle(
+        &mut self,
+        factor_ok: bool,
+        binding: &str,
+        now: i64,
+    ) -> Result<(), ChallengeError> {
+        self.open_for_attempt(now)?;
         self.attempts += 1;
-        let expected = unhex(&self.code_mac);
-        let mut verifier = HmacSha256::new_from_slice(self.salt.as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        verifier.update(code.as_bytes());
-        let code_ok = code.len() == 6 && verifier.verify_slice(&expected).is_ok();
-        if !code_ok {
+        if !factor_ok {
             return Err(ChallengeError::InvalidCode);
         }
         if !constant_time_eq(binding.as_bytes(), self.binding.as_bytes()) {
@@ -156,6 +172,15 @@ impl Challenge {
         }
         self.used = true;
         Ok(())
+    }
+
+    /// Whether `code` is this challenge's code (constant time; no state changes).
+    fn code_matches(&self, code: &str) -> bool {
+        let expected = unhex(&self.code_mac);
+        let mut verifier = HmacSha256::new_from_slice(self.salt.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        verifier.update(code.as_bytes());
+        code.len() == 6 && verifier.verify_slice(&expected).is_ok()
     }
 }
 
@@ -333,6 +358,42 @@ mod tests {
         assert_eq!(back, challenge);
         let bound = binding(Purpose::StepUp, "c1", &[]);
         assert_eq!(back.verify(&code, &bound, T0), Ok(()));
+    }
+
+    #[test]
+    fn another_factor_counts_against_the_same_attempts() {
+        let bound = binding(Purpose::StepUp, "c1", &[]);
+        let (mut challenge, _) = issue(&[]);
+        for _ in 0..MAX_ATTEMPTS {
+            assert_eq!(
+                challenge.settle(false, &bound, T0),
+                Err(ChallengeError::InvalidCode)
+            );
+        }
+        assert_eq!(
+            challenge.open_for_attempt(T0),
+            Err(ChallengeError::TooManyAttempts)
+        );
+        assert_eq!(
+            challenge.settle(true, &bound, T0),
+            Err(ChallengeError::TooManyAttempts)
+        );
+        let (mut challenge, _) = issue(&[]);
+        assert_eq!(challenge.open_for_attempt(T0), Ok(()));
+        assert_eq!(challenge.settle(true, &bound, T0), Ok(()));
+        assert_eq!(
+            challenge.open_for_attempt(T0),
+            Err(ChallengeError::AlreadyUsed)
+        );
+        assert_eq!(
+            challenge.open_for_attempt(T0 + CODE_TTL_S),
+            Err(ChallengeError::AlreadyUsed)
+        );
+        let (challenge, _) = issue(&[]);
+        assert_eq!(
+            challenge.open_for_attempt(T0 + CODE_TTL_S),
+            Err(ChallengeError::Expired)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! TOTP (RFC 6238, HMAC-SHA1, 6 digits, 30-second steps) for staff second factors, and the
-//! base32 form authenticator apps expect. Hand-written: a few lines instead of a crate.
+//! TOTP (RFC 6238, HMAC-SHA1, 6 digits, 30-second steps) for staff and customer second
+//! factors, the base32 form and the `otpauth://` URI authenticator apps expect.
+//! Hand-written: a few lines instead of a crate.
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -13,12 +14,44 @@ pub fn code_at(secret: &[u8], unix: i64) -> String {
 
 /// Accepts the current step and one on either side (clock drift), in constant time per step.
 pub fn verify(secret: &[u8], code: &str, unix: i64) -> bool {
-    let mut ok = false;
+    matching_step(secret, code, unix).is_some()
+}
+
+/// The time step whose code `code` is, among the current one and one on either side; the
+/// caller records it so that a step is accepted once (a replayed code is refused).
+pub fn matching_step(secret: &[u8], code: &str, unix: i64) -> Option<i64> {
+    let mut found = None;
     for drift in [-1i64, 0, 1] {
-        let expected = code_at(secret, unix + drift * STEP_S);
-        ok |= super::challenge::constant_time_eq(expected.as_bytes(), code.as_bytes());
+        let step = unix / STEP_S + drift;
+        let expected = code_at(secret, step * STEP_S);
+        if super::challenge::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+            found = Some(step);
+        }
     }
-    ok
+    found
+}
+
+/// The URI authenticator apps read (usually from a QR code): `issuer:account`, base32 secret.
+pub fn otpauth_uri(issuer: &str, account: &str, secret: &[u8]) -> String {
+    let label = percent_encode(&format!("{issuer}:{account}"));
+    format!(
+        "otpauth://totp/{label}?secret={}&issuer={}&algorithm=SHA1&digits=6&period={STEP_S}",
+        base32(secret),
+        percent_encode(issuer)
+    )
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
@@ -87,6 +120,38 @@ mod tests {
         assert!(verify(secret, &code, 1_000_000 + STEP_S));
         assert!(!verify(secret, &code, 1_000_000 + 3 * STEP_S));
         assert!(!verify(secret, "000000x", 1_000_000));
+    }
+
+    #[test]
+    fn the_matching_step_is_reported_for_replay_checks() {
+        let secret = b"12345678901234567890";
+        let now = 1_000_005;
+        let step = now / STEP_S;
+        assert_eq!(
+            matching_step(secret, &code_at(secret, now), now),
+            Some(step)
+        );
+        assert_eq!(
+            matching_step(secret, &code_at(secret, now - STEP_S), now),
+            Some(step - 1)
+        );
+        assert_eq!(
+            matching_step(secret, &code_at(secret, now + STEP_S), now),
+            Some(step + 1)
+        );
+        assert_eq!(
+            matching_step(secret, &code_at(secret, now - 2 * STEP_S), now),
+            None
+        );
+    }
+
+    #[test]
+    fn otpauth_uri_has_the_label_secret_and_issuer() {
+        assert_eq!(
+            otpauth_uri("Arbat Bank", "+79990000101", b"foobar"),
+            "otpauth://totp/Arbat%20Bank%3A%2B79990000101?secret=MZXW6YTBOI&issuer=Arbat%20Bank\
+             &algorithm=SHA1&digits=6&period=30"
+        );
     }
 
     #[test]

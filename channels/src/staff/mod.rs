@@ -2,6 +2,17 @@
 //! after 10 failures for 30 minutes), `staff` tokens that open only `/staff/v1/*` (customer
 //! tokens never do; staff tokens never open customer endpoints), and staff endpoints.
 //! Accounts are provisioned with the back-office key (`POST /admin/v1/staff`).
+//!
+//! Staff tokens belong to stored sessions (`sessions.rs`): refresh rotation with reuse
+//! detection, logout, and revocation by the `security` role, effective at once on every
+//! node (the revoked set, like customers'). The `security` role also sets antifraud flags on
+//! customers (`risk_flags.rs`), a risk signal at login.
+
+mod risk_flags;
+mod sessions;
+
+pub(crate) use risk_flags::{clear as clear_risk_flag, set as set_risk_flag};
+pub(crate) use sessions::{delete_session, list_sessions, logout, refresh};
 
 use std::sync::Arc;
 
@@ -18,9 +29,10 @@ use serde_json::{Value, json};
 
 use crate::Gateway;
 use crate::access::totp;
+use crate::auth::verify_password;
 use crate::auth::{bearer, hash_password};
 use crate::backoffice::Backoffice;
-use crate::manager::{ClientIp, invalid_credentials, locked_out, sessions_json, verify_password};
+use crate::manager::{ClientIp, invalid_credentials, locked_out, sessions_json};
 use crate::problem::Problem;
 use crate::tokens::Claims;
 
@@ -36,7 +48,7 @@ pub const STAFF_LOCKOUT: LockoutPolicy = LockoutPolicy {
 pub(crate) struct Staff(pub Claims);
 
 impl Staff {
-    fn require(&self, roles: &[&str]) -> Result<(), Problem> {
+    pub(crate) fn require(&self, roles: &[&str]) -> Result<(), Problem> {
         match &self.0.role {
             Some(role) if roles.contains(&role.as_str()) => Ok(()),
             _ => Err(Problem::new(
@@ -64,10 +76,16 @@ impl FromRequestParts<Arc<Gateway>> for Staff {
                     .map_err(|_| Problem::unauthorized())
             })
             .and_then(|claims| {
-                if claims.scope == "staff" {
-                    Ok(claims)
-                } else {
+                if claims.scope != "staff" {
                     Err(Problem::forbidden())
+                } else if gateway.revocations.is_revoked(&claims.sid) {
+                    Err(Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "session_revoked",
+                        "this session has ended; log in again",
+                    ))
+                } else {
+                    Ok(claims)
                 }
             });
         match verified {
@@ -200,24 +218,12 @@ pub(crate) async fn login(
         return Err(invalid_credentials());
     };
     let _ = gateway.store.clear_failures(&key).await;
-    let ttl = gateway.config.access_token_ttl.as_secs() as i64;
-    let claims = Claims {
-        sub: CustomerId::parse(&account.login).map_err(|_| Problem::internal())?,
-        sid: uuid::Uuid::new_v4().to_string(),
-        scope: "staff".into(),
-        role: Some(account.role.clone()),
-        iat: now.unix_timestamp(),
-        exp: now.unix_timestamp() + ttl,
-    };
+    let login = CustomerId::parse(&account.login).map_err(|_| Problem::internal())?;
+    let tokens = gateway.open_staff_session(&login, &account.role).await?;
     gateway
         .audit("staff_login", &account.login, &account.role, &ip, true)
         .await;
-    Ok(Json(json!({
-        "access_token": gateway.tokens.sign(&claims),
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "role": account.role,
-    })))
+    Ok(Json(tokens))
 }
 
 /// `GET /staff/v1/customers/{id}/sessions` (support, security).

@@ -432,6 +432,9 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Inserts the account unless the login exists; returns whether it was inserted.
     async fn insert_staff(&self, account: &StaffAccount) -> Result<bool, StoreError>;
     async fn staff(&self, login: &str) -> Result<Option<StaffAccount>, StoreError>;
+    /// Records `step` as the staff account's last accepted TOTP step if it is later than the
+    /// recorded one (compare-and-set); false means a replayed (or older) step or no account.
+    async fn use_staff_totp_step(&self, login: &str, step: i64) -> Result<bool, StoreError>;
     /// Returns the secret stored under `name`, storing `candidate` first if there is none,
     /// so every node of a cluster ends up with the same value.
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;

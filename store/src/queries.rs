@@ -949,6 +949,25 @@ pub(crate) async fn insert_staff(c: &mut Conn, account: &StaffAccount) -> Result
     Ok(inserted == 1)
 }
 
+/// Compare-and-set on a staff account's last accepted TOTP step: of two logins with one
+/// code, one wins; an older step never passes.
+pub(crate) async fn use_staff_totp_step(
+    c: &mut Conn,
+    login: &str,
+    step: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE staff_accounts SET totp_last_step = $2 WHERE login = $1 AND totp_last_step < $2",
+    )
+    .bind(login)
+    .bind(step)
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
 pub(crate) async fn staff(c: &mut Conn, login: &str) -> Result<Option<StaffAccount>, StoreError> {
     let row = sqlx::query(
         "SELECT login, role, password_hash, totp_secret FROM staff_accounts WHERE login = $1",

@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str)] = &[
     (4, CARD_PANS_V4),
     (5, SQLITE_ACCESS_V5),
     (6, AUTOPAY_SCHEDULE_V6),
+    (7, STAFF_TOTP_STEP_V7),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, POSTGRES_V1),
@@ -30,6 +31,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (4, CARD_PANS_V4),
     (5, POSTGRES_ACCESS_V5),
     (6, AUTOPAY_SCHEDULE_V6),
+    (7, STAFF_TOTP_STEP_V7),
 ];
 
 /// Arbitrary constant key of the advisory lock serialising PostgreSQL migrations.
@@ -400,6 +402,12 @@ CREATE TABLE abs_rate_sets (
     version BIGINT NOT NULL,
     body TEXT NOT NULL
 );
+"#;
+
+/// Staff TOTP replay protection (both backends): the last time step a staff member's code
+/// was accepted at login, advanced by compare-and-set so a code works once.
+const STAFF_TOTP_STEP_V7: &str = r#"
+ALTER TABLE staff_accounts ADD COLUMN totp_last_step BIGINT NOT NULL DEFAULT 0;
 "#;
 
 /// Brings a SQLite database up to date. `BEGIN IMMEDIATE` takes the write lock first, so a

@@ -464,6 +464,18 @@ impl kernel::store::AuthStore for Backend {
             .await
     }
 
+    async fn use_staff_totp_step(
+        &self,
+        login: &str,
+        step: i64,
+    ) -> Result<bool, kernel::store::StoreError> {
+        let login = login.to_owned();
+        self.write(move |c| {
+            Box::pin(async move { queries::use_staff_totp_step(c, &login, step).await })
+        })
+        .await
+    }
+
     async fn staff(
         &self,
         login: &str,

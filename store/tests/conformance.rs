@@ -110,6 +110,7 @@ conformance!(
     trusted_devices_and_wildcard,
     audit_log_is_append_only,
     staff_accounts_insert_once,
+    staff_totp_steps_are_used_once,
     password_can_be_changed,
     secret_get_or_insert_under_concurrency,
     abs_seed_is_idempotent,
@@ -916,6 +917,39 @@ async fn staff_accounts_insert_once(store: Arc<dyn Store>) {
     };
     assert!(!store.insert_staff(&other).await.unwrap());
     assert_eq!(store.staff("alice").await.unwrap(), Some(account));
+}
+
+async fn staff_totp_steps_are_used_once(store: Arc<dyn Store>) {
+    // No account, no step.
+    assert!(!store.use_staff_totp_step("bob", 5).await.unwrap());
+    let account = |login: &str| StaffAccount {
+        login: login.into(),
+        role: "support".into(),
+        password_hash: "$argon2id$x".into(),
+        totp_secret: vec![1, 2, 3],
+    };
+    assert!(store.insert_staff(&account("bob")).await.unwrap());
+    assert!(store.insert_staff(&account("carol")).await.unwrap());
+    assert!(store.use_staff_totp_step("bob", 5).await.unwrap());
+    // The same step, or an older one, is refused; a later one passes once.
+    assert!(!store.use_staff_totp_step("bob", 5).await.unwrap());
+    assert!(!store.use_staff_totp_step("bob", 4).await.unwrap());
+    // Each account has its own last step.
+    assert!(store.use_staff_totp_step("carol", 5).await.unwrap());
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.use_staff_totp_step("bob", 6).await.unwrap() });
+    }
+    let mut won = 0;
+    while let Some(result) = tasks.join_next().await {
+        won += usize::from(result.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert!(!store.use_staff_totp_step("bob", 6).await.unwrap());
+    assert!(store.use_staff_totp_step("bob", 7).await.unwrap());
+    // The account itself reads back unchanged.
+    assert_eq!(store.staff("bob").await.unwrap(), Some(account("bob")));
 }
 
 async fn password_can_be_changed(store: Arc<dyn Store>) {

@@ -2,7 +2,8 @@
 //! reuse detection, logout), the `security` role listing and ending staff sessions, and
 //! revocation effective at once for staff endpoints: on one embedded node, and across a
 //! two-node cluster (NATS + PostgreSQL). Also the security role's antifraud flags, which ask
-//! a customer's every login for a second factor while they last.
+//! a customer's every login for a second factor while they last, and staff TOTP codes that
+//! work once (a replay, even within the drift window or on another node, is refused).
 
 use std::time::Duration;
 
@@ -45,19 +46,39 @@ async fn provision(client: &Client, login: &str, role: &str) -> Vec<u8> {
 }
 
 async fn staff_login(client: &Client, login: &str, secret: &[u8]) -> Value {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let code = channels::access::totp::code_at(secret, now);
-    let (status, body) = client
-        .post(
-            "/staff/v1/auth/login",
-            None,
-            json!({"login": login, "password": STAFF_PASSWORD, "totp": code}),
-        )
-        .await
-        .unwrap();
+    staff_login_at(client, login, secret, 0).await
+}
+
+/// A staff login with the app's code `steps_ahead` 30-second steps from now: each step is
+/// accepted once per account (one step of drift either way), so a second login of the same
+/// account within a step uses the next step's code.
+async fn staff_login_at(client: &Client, login: &str, secret: &[u8], steps_ahead: i64) -> Value {
+    let (status, body) = staff_attempt(
+        client,
+        login,
+        STAFF_PASSWORD,
+        &app_code(secret, steps_ahead),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["refresh_token"].as_str().is_some(), "{body}");
     body
+}
+
+fn app_code(secret: &[u8], steps_ahead: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    channels::access::totp::code_at(secret, now + steps_ahead * channels::access::totp::STEP_S)
+}
+
+async fn staff_attempt(client: &Client, login: &str, password: &str, code: &str) -> (u16, Value) {
+    client
+        .post(
+            "/staff/v1/auth/login",
+            None,
+            json!({"login": login, "password": password, "totp": code}),
+        )
+        .await
+        .unwrap()
 }
 
 fn access(tokens: &Value) -> Option<&str> {
@@ -135,8 +156,8 @@ async fn staff_sessions_scenario(first: &Client, other: &Client) {
     assert_eq!(status, 401);
 
     // Scope confusion: a staff refresh token is unknown to the customer endpoint, and the
-    // other way round.
-    let tokens = staff_login(first, "sup-1", &support).await;
+    // other way round. (The first login spent this step's code: the next step's is used.)
+    let tokens = staff_login_at(first, "sup-1", &support, 1).await;
     let (status, _) = refresh(first, "/v1/auth/refresh", &tokens).await;
     assert_eq!(status, 401);
     let customer = first
@@ -364,4 +385,114 @@ async fn an_antifraud_flag_asks_every_login_for_a_second_factor_while_it_lasts()
     assert_eq!(login().await.0, 200);
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A staff TOTP code works once: the same code again (within its drift window), an older
+/// step's code, or the loser of two concurrent logins with one code is refused exactly like
+/// a wrong code, and audited. A wrong password does not spend the code. `other` is another
+/// node of the same cluster (or the same node).
+async fn staff_code_replay_scenario(first: &Client, other: &Client) {
+    let security = provision(first, "sec-9", "security").await;
+    // Codes relative to this moment, so a step boundary passing during the test changes
+    // nothing: steps t0 - 1 .. t0 + 1 stay within the accepted drift for 30 seconds.
+    let t0 = time::OffsetDateTime::now_utc().unix_timestamp();
+    let step_code = |steps_after: i64| {
+        channels::access::totp::code_at(
+            &security,
+            t0 + steps_after * channels::access::totp::STEP_S,
+        )
+    };
+    let wrong_code = format!(
+        "{:06}",
+        (step_code(0).parse::<u32>().unwrap() + 1) % 1_000_000
+    );
+    let (status, wrong) = staff_attempt(first, "sec-9", STAFF_PASSWORD, &wrong_code).await;
+    assert_eq!(
+        (status, wrong["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
+
+    let (status, tokens) = staff_attempt(first, "sec-9", STAFF_PASSWORD, &step_code(0)).await;
+    assert_eq!(status, 200, "{tokens}");
+    // The same code again, on this node and on the other: the wrong code's answer.
+    for client in [first, other] {
+        let (status, body) = staff_attempt(client, "sec-9", STAFF_PASSWORD, &step_code(0)).await;
+        assert_eq!((status, &body), (401, &wrong));
+    }
+    // An earlier step's code (still within the drift window) is spent too.
+    let (status, body) = staff_attempt(other, "sec-9", STAFF_PASSWORD, &step_code(-1)).await;
+    assert_eq!((status, &body), (401, &wrong));
+    // A wrong password with the next code does not spend it...
+    let (status, _) = staff_attempt(first, "sec-9", "wrong-pass-123", &step_code(1)).await;
+    assert_eq!(status, 401);
+    // ... and of two logins with it at the same moment, on two nodes, exactly one passes.
+    let next = step_code(1);
+    let (a, b) = tokio::join!(
+        staff_attempt(first, "sec-9", STAFF_PASSWORD, &next),
+        staff_attempt(other, "sec-9", STAFF_PASSWORD, &next),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "{a:?} {b:?}");
+    let loser = if a.0 == 401 { a.1 } else { b.1 };
+    assert_eq!(loser, wrong);
+
+    // Every refusal is in the audit log: the wrong code, two replays, the earlier step, the
+    // wrong password and the concurrent loser; the two logins that passed, too.
+    let (status, audit) = first
+        .get("/staff/v1/audit?limit=100", access(&tokens))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{audit}");
+    let outcomes: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["kind"] == "staff_login" && entry["actor"] == "sec-9")
+        .filter_map(|entry| entry["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|outcome| **outcome == "refused")
+            .count(),
+        6,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|outcome| **outcome == "ok").count(),
+        2,
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_staff_totp_code_works_once() {
+    let sms = SmsGateway::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("arbat-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = NodeSpec::embedded(&dir);
+    spec.env.push(("ARBAT_SMS_URL".into(), sms.url.clone()));
+    let node = ArbatProcess::start(spec).await.expect("node starts");
+    let client = node.client();
+    staff_code_replay_scenario(&client, &client).await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_staff_totp_code_works_once_across_a_cluster() {
+    let nats = tests::NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
+    let db = tests::PgDatabase::create().await.expect("PostgreSQL");
+    let sms = SmsGateway::start().await.unwrap();
+    let mut nodes = vec![];
+    for i in 0..2 {
+        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("r{i}"), &sms.url);
+        nodes.push(
+            ArbatProcess::start(spec)
+                .await
+                .expect("cluster node starts"),
+        );
+    }
+    staff_code_replay_scenario(&nodes[0].client(), &nodes[1].client()).await;
 }

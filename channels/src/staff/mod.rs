@@ -1,5 +1,6 @@
 //! Staff access: back-office accounts with roles, their own login (password + TOTP, lockout
-//! after 10 failures for 30 minutes), `staff` tokens that open only `/staff/v1/*` (customer
+//! after 10 failures for 30 minutes; each TOTP time step is accepted once, so a code cannot be
+//! replayed within its drift window), `staff` tokens that open only `/staff/v1/*` (customer
 //! tokens never do; staff tokens never open customer endpoints), and staff endpoints.
 //! Accounts are provisioned with the back-office key (`POST /admin/v1/staff`).
 //!
@@ -203,9 +204,20 @@ pub(crate) async fn login(
     let password_ok = crate::auth::argon2_blocking(move || verify_password(&hash, &password))
         .await
         .unwrap_or(false);
-    let totp_ok = account
+    let step = account
         .as_ref()
-        .is_some_and(|a| totp::verify(&a.totp_secret, &request.totp, now.unix_timestamp()));
+        .and_then(|a| totp::matching_step(&a.totp_secret, &request.totp, now.unix_timestamp()));
+    // The code's time step is spent (compare-and-set in the store) only behind the right
+    // password, so a guesser cannot burn a staff member's current code. A replayed code, or
+    // one of a step already used, is refused like a wrong one.
+    let totp_ok = match (&account, step) {
+        (Some(account), Some(step)) if password_ok => gateway
+            .store
+            .use_staff_totp_step(&account.login, step)
+            .await
+            .map_err(|_| Problem::unavailable("try again"))?,
+        _ => false,
+    };
     let Some(account) = account.filter(|_| password_ok && totp_ok) else {
         gateway
             .store

@@ -174,6 +174,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/auth/register", post(manager::register))
         .route("/v1/auth/login", post(manager::login))
         .route("/v1/auth/challenges/{id}/confirm", post(payments::confirm))
+        .route("/v1/auth/challenges/{id}/sms", post(manager::send_sms))
         .route("/v1/auth/refresh", post(manager::refresh))
         .route("/v1/auth/logout", post(manager::logout))
         .route("/v1/auth/step-up", post(manager::step_up))

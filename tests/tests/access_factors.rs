@@ -68,6 +68,15 @@ async fn confirm(client: &Client, id: &Value, body: Value) -> (u16, Value) {
         .unwrap()
 }
 
+/// `POST /v1/auth/challenges/{id}/sms`: the login challenge's code by SMS, on request.
+async fn request_sms(client: &Client, id: &Value) -> (u16, Value) {
+    let id = id.as_str().unwrap();
+    client
+        .post(&format!("/v1/auth/challenges/{id}/sms"), None, json!({}))
+        .await
+        .unwrap()
+}
+
 fn base32_decode(text: &str) -> Vec<u8> {
     let mut out = vec![];
     let (mut buffer, mut bits) = (0u32, 0);
@@ -125,6 +134,7 @@ async fn customers_enrol_an_authenticator_app_and_log_in_with_it_once_per_code()
     assert_eq!(status, 400, "{refused}");
     let (status, tokens) = confirm(&client, &body["challenge_id"], json!({"code": code})).await;
     assert_eq!(status, 200, "{tokens}");
+    let registration_sms = sms.count_to(&me);
     let token = tokens["access_token"].as_str().unwrap().to_owned();
     let token = Some(token.as_str());
     let status_of = || async { client.get("/v1/me/totp", token).await.unwrap() };
@@ -225,7 +235,7 @@ async fn customers_enrol_an_authenticator_app_and_log_in_with_it_once_per_code()
     let (status, challenge) = login(&client, &me, PASSWORD, "laptop").await;
     assert_eq!(status, 202, "{challenge}");
     assert_eq!(challenge["reason"], "new_device");
-    assert_eq!(challenge["methods"], json!(["sms", "totp"]));
+    assert_eq!(challenge["methods"], json!(["totp", "sms"]));
     let (status, body) = confirm(
         &client,
         &challenge["challenge_id"],
@@ -262,10 +272,15 @@ async fn customers_enrol_an_authenticator_app_and_log_in_with_it_once_per_code()
     .await;
     assert_eq!((status, body["code"].as_str()), (422, Some("invalid_code")));
     // Attempts are counted per challenge whichever factor is used: the sixth is refused.
-    let sent = sms.count_to(&me);
+    // With the app enrolled, the SMS comes only when asked for.
     let (status, challenge) = login(&client, &me, PASSWORD, "watch").await;
     assert_eq!(status, 202, "{challenge}");
+    let sent = sms.count_to(&me);
+    let (status, body) = request_sms(&client, &challenge["challenge_id"]).await;
+    assert_eq!(status, 202, "{body}");
     let sms_code = sms.code_for(&me, sent).await.unwrap();
+    // None of the three logins with the app enrolled sent an SMS by itself.
+    assert_eq!(sms.count_to(&me), registration_sms + 1);
     for _ in 0..5 {
         let (status, _) = confirm(
             &client,
@@ -393,4 +408,165 @@ async fn a_trusted_device_still_gets_a_second_factor_after_a_risk_signal() {
     let (status, body) = confirm(&here, &challenge["challenge_id"], json!({"code": code})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(login(&here, &other, DEMO_PASSWORD, "d1").await.0, 200);
+}
+
+/// Registers `me` from `device`; returns the access token.
+async fn register(client: &Client, sms: &SmsGateway, me: &str, device: &str) -> String {
+    let (status, body) = client
+        .post(
+            "/v1/auth/register",
+            None,
+            json!({"phone": me, "password": PASSWORD, "device_id": device}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let code = sms.code_for(me, 0).await.unwrap();
+    let (status, tokens) = confirm(client, &body["challenge_id"], json!({"code": code})).await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Enrols an authenticator app with the current step's code; returns its secret.
+async fn enrol_app(client: &Client, token: &str) -> Vec<u8> {
+    let (status, body) = client
+        .post(
+            "/v1/me/totp",
+            Some(token),
+            json!({"current_password": PASSWORD}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let secret = base32_decode(body["secret"].as_str().unwrap());
+    let (status, body) = client
+        .post(
+            "/v1/me/totp/confirm",
+            Some(token),
+            json!({"code": app_code(&secret, 0)}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    secret
+}
+
+#[tokio::test]
+async fn a_customer_with_an_app_gets_an_sms_code_only_when_asking_for_one() {
+    let Node { node, sms, _dir } = node().await;
+    let client = node.client();
+
+    // Without an app: the SMS goes at once, and there is nothing to ask for.
+    let plain = phone(105);
+    let plain_token = register(&client, &sms, &plain, "phone-1").await;
+    let (status, challenge) = login(&client, &plain, PASSWORD, "laptop").await;
+    assert_eq!(status, 202, "{challenge}");
+    assert_eq!(challenge["methods"], json!(["sms"]));
+    let code = sms.code_for(&plain, 1).await.unwrap();
+    assert_eq!(
+        request_sms(&client, &challenge["challenge_id"]).await.0,
+        404
+    );
+    // Unknown, malformed and other customers' or other purposes' challenges: 404.
+    for id in [
+        json!(uuid::Uuid::new_v4().to_string()),
+        json!("x".repeat(65)),
+    ] {
+        let (status, body) = request_sms(&client, &id).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{body}"
+        );
+    }
+    let (status, step_up) = client
+        .post(
+            "/v1/auth/step-up",
+            Some(&plain_token),
+            json!({"operation": "transfer.phone", "amount": {"amount": "5000.00", "currency": "RUB"}, "payee": "+79990000002"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{step_up}");
+    assert_eq!(request_sms(&client, &step_up["challenge_id"]).await.0, 404);
+    let (status, _) = confirm(&client, &challenge["challenge_id"], json!({"code": code})).await;
+    assert_eq!(status, 200);
+
+    // With an app: the login offers it first and sends nothing.
+    let me = phone(106);
+    let token = register(&client, &sms, &me, "phone-1").await;
+    let secret = enrol_app(&client, &token).await;
+    let registration_sms = sms.count_to(&me);
+    let (status, challenge) = login(&client, &me, PASSWORD, "laptop").await;
+    assert_eq!(status, 202, "{challenge}");
+    assert_eq!(challenge["methods"], json!(["totp", "sms"]));
+    let id = &challenge["challenge_id"];
+    // A wrong app code: one attempt.
+    let wrong = other_than(&app_code(&secret, 1));
+    let (status, _) = confirm(&client, id, json!({"code": wrong, "method": "totp"})).await;
+    assert_eq!(status, 422);
+    // The SMS on request; asking again draws a new code, and the first stops working.
+    let (status, body) = request_sms(&client, id).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["challenge_id"], *id);
+    assert!(body["expires_in"].as_i64().unwrap() <= 300, "{body}");
+    let first = sms.code_for(&me, registration_sms).await.unwrap();
+    let (status, _) = request_sms(&client, id).await;
+    assert_eq!(status, 202);
+    let second = sms.code_for(&me, registration_sms + 1).await.unwrap();
+    // Nothing was sent but the two codes asked for.
+    assert_eq!(sms.count_to(&me), registration_sms + 2);
+    if first != second {
+        let (status, body) = confirm(&client, id, json!({"code": first})).await;
+        assert_eq!((status, body["code"].as_str()), (422, Some("invalid_code")));
+    } else {
+        let (status, _) = confirm(&client, id, json!({"code": other_than(&second)})).await;
+        assert_eq!(status, 422);
+    }
+    // Asking for the SMS never resets the attempts: 2 made, 3 more wrong, then even the
+    // right code is refused, and the exhausted challenge sends nothing more.
+    for _ in 0..3 {
+        let (status, _) = confirm(&client, id, json!({"code": other_than(&second)})).await;
+        assert_eq!(status, 422);
+    }
+    let (status, body) = confirm(&client, id, json!({"code": second})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("too_many_attempts"))
+    );
+    assert_eq!(request_sms(&client, id).await.0, 404);
+
+    // A fresh login: the SMS code asked for logs in; the used challenge sends nothing more.
+    let (status, challenge) = login(&client, &me, PASSWORD, "tablet").await;
+    assert_eq!(status, 202, "{challenge}");
+    let id = &challenge["challenge_id"];
+    let (status, _) = request_sms(&client, id).await;
+    assert_eq!(status, 202);
+    let code = sms.code_for(&me, registration_sms + 2).await.unwrap();
+    let (status, tokens) = confirm(&client, id, json!({"code": code})).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert!(tokens["refresh_token"].as_str().is_some());
+    assert_eq!(request_sms(&client, id).await.0, 404);
+
+    // Sends are rate-limited per phone like every other (a burst of 5, the registration's
+    // included): the fifth send passes, the sixth waits.
+    let (status, challenge) = login(&client, &me, PASSWORD, "watch").await;
+    assert_eq!(status, 202, "{challenge}");
+    let id = &challenge["challenge_id"];
+    let (status, _) = request_sms(&client, id).await;
+    assert_eq!(status, 202);
+    let (status, body) = request_sms(&client, id).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
+    // The login with the app still works on that challenge.
+    let (status, body) = confirm(
+        &client,
+        id,
+        json!({"code": app_code(&secret, 1), "method": "totp"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -107,24 +107,33 @@ impl Challenge {
         now: i64,
         rng: &mut R,
     ) -> (Challenge, String) {
-        let code = format!("{:06}", rng.gen_range(0..1_000_000u32));
-        let mut salt = [0u8; 16];
-        rng.fill_bytes(&mut salt);
-        let salt = hex(&salt);
-        let code_mac = hex(&mac(&salt, &code));
-        let challenge = Challenge {
+        let mut challenge = Challenge {
             id,
             purpose,
             binding,
-            salt,
-            code_mac,
+            salt: String::new(),
+            code_mac: String::new(),
             created_at: now,
             expires_at: now + CODE_TTL_S,
             attempts: 0,
             used: false,
             context,
         };
+        let code = challenge.new_code(rng);
         (challenge, code)
+    }
+
+    /// Draws a fresh code (under a fresh salt) in place of the current one, which stops
+    /// working; the life, the attempts made and the binding stay as they are, so asking for
+    /// another code never buys more time or more guesses. A login challenge of a customer
+    /// with an authenticator app sends its SMS only when asked, with a code drawn here.
+    pub fn new_code<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> String {
+        let code = format!("{:06}", rng.gen_range(0..1_000_000u32));
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        self.salt = hex(&salt);
+        self.code_mac = hex(&mac(&self.salt, &code));
+        code
     }
 
     /// Checks `code` for the operation `binding` at `now`. Every call that gets past the
@@ -394,6 +403,33 @@ mod tests {
             challenge.open_for_attempt(T0 + CODE_TTL_S),
             Err(ChallengeError::Expired)
         );
+    }
+
+    #[test]
+    fn a_new_code_replaces_the_old_one_and_keeps_the_attempts_and_the_life() {
+        let bound = binding(Purpose::StepUp, "c1", &[]);
+        let (mut challenge, old_code) = issue(&[]);
+        assert_eq!(
+            challenge.verify(&other(&old_code), &bound, T0),
+            Err(ChallengeError::InvalidCode)
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut new_code = challenge.new_code(&mut rng);
+        while new_code == old_code {
+            new_code = challenge.new_code(&mut rng);
+        }
+        assert_eq!(challenge.attempts, 1);
+        assert_eq!(challenge.expires_at, T0 + CODE_TTL_S);
+        assert_eq!(
+            challenge.verify(&old_code, &bound, T0),
+            Err(ChallengeError::InvalidCode)
+        );
+        assert_eq!(challenge.attempts, 2);
+        assert_eq!(
+            challenge.verify(&new_code, &bound, T0 + CODE_TTL_S),
+            Err(ChallengeError::Expired)
+        );
+        assert_eq!(challenge.verify(&new_code, &bound, T0 + 1), Ok(()));
     }
 
     #[test]

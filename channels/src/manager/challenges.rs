@@ -1,5 +1,6 @@
-//! Confirmation of a challenge (registration, login, step-up, phone change) and step-up
-//! with dynamic linking (a code bound to one operation's amount and payee).
+//! Confirmation of a challenge (registration, login, step-up, phone change), the SMS a
+//! customer with an authenticator app asks for at login, and step-up with dynamic linking
+//! (a code bound to one operation's amount and payee).
 
 use std::sync::Arc;
 
@@ -196,6 +197,91 @@ pub(crate) async fn confirm(
             &ip,
         )
         .await;
+    }
+    Err(Problem::unavailable("try again"))
+}
+
+/// `POST /v1/auth/challenges/{id}/sms`: a customer with an authenticator app, whose login
+/// challenge sent no SMS, asks for the code by SMS after all. Only such a challenge, open
+/// (not used, not expired, attempts left), qualifies; anything else is 404, so the path
+/// tells nothing about other challenges. A new code replaces the unsent one, under the
+/// challenge's own life and attempts (asking again buys no guesses), and the send is
+/// rate-limited per phone like every other.
+pub(crate) async fn send_sms(
+    State(gateway): State<Arc<Gateway>>,
+    ClientIp(ip): ClientIp,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    if id.len() > 64 {
+        return Err(Problem::not_found());
+    }
+    let now = kernel::now().unix_timestamp();
+    // A lost compare-and-swap means a confirmation or another request ran at the same
+    // moment: reload and decide again.
+    let mut charged = false;
+    for _ in 0..5 {
+        let Some(record) = gateway.store.challenge(&id).await.map_err(unavailable)? else {
+            return Err(Problem::not_found());
+        };
+        let mut challenge: Challenge =
+            serde_json::from_str(&record.state).map_err(|_| Problem::internal())?;
+        let phone = challenge.context["phone"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let eligible = challenge.purpose == Purpose::Login
+            && challenge.context["sms_on_request"].as_bool() == Some(true)
+            && !phone.is_empty()
+            && challenge.open_for_attempt(now).is_ok();
+        if !eligible {
+            return Err(Problem::not_found());
+        }
+        let subject = challenge.context["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let customer = CustomerId::parse(&subject).map_err(|_| Problem::internal())?;
+        // One send is charged once, however many times the loop runs.
+        if !charged {
+            if let Err(wait) = gateway.limits.sends.check(&format!("phone:{phone}")) {
+                gateway
+                    .audit("login_sms_requested", &subject, &id, &ip, false)
+                    .await;
+                return Err(rate_limited(wait));
+            }
+            charged = true;
+        }
+        let code = challenge.new_code(&mut rand::rngs::OsRng);
+        // Each send is its own notification (the notifier drops a repeated request id).
+        let sends = challenge.context["sms_sent"].as_u64().unwrap_or(0) + 1;
+        challenge.context["sms_sent"] = json!(sends);
+        let state = serde_json::to_string(&challenge).map_err(|_| Problem::internal())?;
+        if !gateway
+            .store
+            .update_challenge(&id, record.version, &state)
+            .await
+            .map_err(unavailable)?
+        {
+            continue;
+        }
+        gateway.send_code(
+            &customer,
+            &phone,
+            code,
+            Purpose::Login,
+            &format!("{id}-sms{sends}"),
+        );
+        gateway
+            .audit("login_sms_requested", &subject, &id, &ip, true)
+            .await;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "challenge_id": id,
+                "expires_in": (challenge.expires_at - now).max(0),
+            })),
+        )
+            .into_response());
     }
     Err(Problem::unavailable("try again"))
 }

@@ -1,6 +1,7 @@
 //! Login: password, then a second factor (an SMS code, or a TOTP code when enrolled) when
 //! the risk rules (`access::risk`) see any signal: a new device, an expired trust, a new
-//! network, recent failures, an antifraud flag.
+//! network, recent failures, an antifraud flag. A customer with an authenticator app gets
+//! no SMS unless they ask for one (`POST /v1/auth/challenges/{id}/sms`).
 
 use std::sync::Arc;
 
@@ -119,10 +120,14 @@ pub(crate) async fn login(
             .is_some_and(|enrolment| enrolment.confirmed);
         // The failure counts stay until the second factor is passed (`challenges::finish`):
         // a password alone must not wipe the `recent_failures` signal for the next try.
+        // A customer with an authenticator app gets no SMS unless they ask for one
+        // (`challenges::send_sms`, which reads the phone from here).
         let context = json!({
             "subject": customer.as_str(),
             "device_id": request.device_id,
             "failure_keys": &keys[..2],
+            "sms_on_request": totp_enrolled,
+            "phone": if totp_enrolled { credential.login.as_str() } else { "" },
         });
         let (challenge, code) = gateway
             .new_challenge(
@@ -131,20 +136,22 @@ pub(crate) async fn login(
                 context,
             )
             .await?;
-        if let Err(wait) = gateway
-            .limits
-            .sends
-            .check(&format!("phone:{}", credential.login))
-        {
-            return Err(rate_limited(wait));
+        if !totp_enrolled {
+            if let Err(wait) = gateway
+                .limits
+                .sends
+                .check(&format!("phone:{}", credential.login))
+            {
+                return Err(rate_limited(wait));
+            }
+            gateway.send_code(
+                &customer,
+                &credential.login,
+                code,
+                Purpose::Login,
+                &challenge.id,
+            );
         }
-        gateway.send_code(
-            &customer,
-            &credential.login,
-            code,
-            Purpose::Login,
-            &challenge.id,
-        );
         let signal_names: Vec<&str> = signals.iter().map(Signal::as_str).collect();
         gateway
             .audit(
@@ -163,7 +170,7 @@ pub(crate) async fn login(
             "risk"
         };
         let methods: &[&str] = if totp_enrolled {
-            &["sms", "totp"]
+            &["totp", "sms"]
         } else {
             &["sms"]
         };

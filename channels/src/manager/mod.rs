@@ -17,7 +17,7 @@ mod send_queue;
 mod sessions;
 mod totp;
 
-pub(crate) use challenges::{ConfirmRequest, Operation, confirm, step_up};
+pub(crate) use challenges::{ConfirmRequest, Operation, confirm, send_sms, step_up};
 pub(crate) use credentials::{change_password, change_phone};
 pub(crate) use login::login;
 pub(crate) use register::register;

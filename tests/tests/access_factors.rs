@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{ArbatProcess, Client, DEMO_PASSWORD, NodeSpec, SmsGateway, phone};
+use tests::{ArbatProcess, BACKOFFICE_KEY, Client, DEMO_PASSWORD, NodeSpec, SmsGateway, phone};
 
 const PASSWORD: &str = "green-river-42";
 
@@ -569,4 +569,41 @@ async fn a_customer_with_an_app_gets_an_sms_code_only_when_asking_for_one() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    // Every request is audited: four sends, one refused by the rate limit.
+    let (status, body) = client
+        .post(
+            "/admin/v1/staff",
+            Some(BACKOFFICE_KEY),
+            json!({"login": "sec-1", "role": "security", "password": "staff-pass-12345"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let staff_secret = base32_decode(body["totp_secret"].as_str().unwrap());
+    let (status, staff) = client
+        .post(
+            "/staff/v1/auth/login",
+            None,
+            json!({"login": "sec-1", "password": "staff-pass-12345", "totp": app_code(&staff_secret, 0)}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{staff}");
+    let (status, audit) = client
+        .get("/staff/v1/audit?limit=200", staff["access_token"].as_str())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{audit}");
+    let outcomes: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["kind"] == "login_sms_requested"
+                && entry["actor"] == tests::customer(106).as_str()
+        })
+        .filter_map(|entry| entry["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["refused", "ok", "ok", "ok", "ok"]);
 }

@@ -35,6 +35,10 @@ async fn a_tiny_live_bench_delivers_events_and_writes_its_report() {
         "0.2",
         "--partitions",
         "4",
+        // The peers (nats-ws, nchan) have their own smoke runs in tests/tests/bench_live.rs;
+        // this one checks arbat against the relay alone.
+        "--peers",
+        "none",
         "--out",
         &out_arg,
     ])

@@ -161,6 +161,7 @@ fn ledger_command(
         amount,
         fee,
         description: description.into(),
+        quote: None,
     }
 }
 

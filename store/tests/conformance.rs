@@ -130,7 +130,16 @@ conformance!(
     abs_concurrent_holds_never_exceed_the_balance,
     abs_random_holds_and_transfers_keep_the_invariants,
     abs_rate_set_is_replaced_only_by_a_newer_one,
+    abs_transfer_batches_keep_each_answer_and_the_invariants,
+    abs_transfer_concurrent_random_batches_keep_the_invariants,
 );
+
+#[path = "conformance/ledger_batch.rs"]
+mod ledger_batch;
+use ledger_batch::{
+    abs_transfer_batches_keep_each_answer_and_the_invariants,
+    abs_transfer_concurrent_random_batches_keep_the_invariants,
+};
 
 // ---- fixtures ---------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@
 //! its own WAL flush. With one transaction per transfer, every payment to a hot account (a
 //! biller's settlement account, the bank's income account) queues behind the previous one's
 //! flush, so throughput cannot grow with concurrency. Instead, transfers queue on a bounded
-//! channel; one writer task per store takes everything waiting (up to [`MAX_BATCH`], with no
-//! added wait when idle) and applies it in ONE transaction:
+//! channel; a writer task takes everything waiting (up to [`MAX_BATCH`], with no added wait
+//! when idle) and applies it in ONE transaction:
 //!
 //! 1. every account the batch touches is locked up front in one statement, in byte order of
 //!    account id (the order `abs_transfer` locks in, and `COLLATE "C"` so PostgreSQL's order is
@@ -16,6 +16,10 @@
 //!    its answer. If the batch fails as a whole, every caller gets an error and nothing of the
 //!    batch is applied.
 //!
+//! A few writers ([`WRITERS`]) share the queue: while one batch waits for its COMMIT, the next
+//! forms and runs; batches over disjoint accounts proceed in parallel, and batches sharing a
+//! hot account take its lock one after another (in id order, so they cannot deadlock).
+//!
 //! SQLite needs none of this: its group-commit writer (`group.rs`) already batches every write.
 
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::store::{AbsTransfer, AbsTransferResult, StoreError};
 use sqlx::{Acquire as _, PgConnection, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::convert::db_err;
 
@@ -31,7 +35,10 @@ use crate::convert::db_err;
 const QUEUE: usize = 1024;
 /// Most transfers in one transaction, bounding how long one batch holds its row locks.
 pub(crate) const MAX_BATCH: usize = 64;
+/// Writer tasks (each one pooled connection while it runs a batch).
+const WRITERS: usize = 4;
 
+type Queue = mpsc::Receiver<Request>;
 type Reply = oneshot::Sender<Result<AbsTransferResult, StoreError>>;
 
 struct Request {
@@ -48,7 +55,7 @@ pub(crate) struct LedgerWriterStats {
     pub(crate) transfers: AtomicU64,
 }
 
-/// Handle to the writer task; the task ends when the last handle drops.
+/// Handle to the writer tasks; they end when the last handle drops.
 pub(crate) struct LedgerWriter {
     requests: mpsc::Sender<Request>,
     pub(crate) stats: Arc<LedgerWriterStats>,
@@ -57,8 +64,11 @@ pub(crate) struct LedgerWriter {
 impl LedgerWriter {
     pub(crate) fn spawn(pool: PgPool) -> Self {
         let (requests, queue) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
         let stats = Arc::new(LedgerWriterStats::default());
-        tokio::spawn(run(pool, queue, stats.clone()));
+        for _ in 0..WRITERS {
+            tokio::spawn(run(pool.clone(), queue.clone(), stats.clone()));
+        }
         Self { requests, stats }
     }
 
@@ -82,9 +92,14 @@ fn writer_gone() -> StoreError {
     StoreError::Unavailable("ledger transfer not applied".into())
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Request>, stats: Arc<LedgerWriterStats>) {
+async fn run(pool: PgPool, queue: Arc<Mutex<Queue>>, stats: Arc<LedgerWriterStats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        // The queue is held only while taking a batch, not while running it.
+        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if taken == 0 {
+            break; // every sender is gone
+        }
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats
             .transfers

@@ -104,9 +104,8 @@ async fn run(pool: PgPool, queue: Arc<Mutex<Queue>>, stats: Arc<LedgerWriterStat
         stats
             .transfers
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let requests: Vec<Request> = batch.drain(..).collect();
         let (transfers, replies): (Vec<_>, Vec<_>) =
-            requests.into_iter().map(|r| (r.transfer, r.reply)).unzip();
+            batch.drain(..).map(|r| (r.transfer, r.reply)).unzip();
         let answers = match pool.acquire().await {
             Ok(mut conn) => apply_batch(&mut conn, &transfers).await,
             Err(error) => Err(db_err(error)),

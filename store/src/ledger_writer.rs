@@ -16,9 +16,10 @@
 //!    its answer. If the batch fails as a whole, every caller gets an error and nothing of the
 //!    batch is applied.
 //!
-//! A few writers ([`WRITERS`]) share the queue: while one batch waits for its COMMIT, the next
-//! forms and runs; batches over disjoint accounts proceed in parallel, and batches sharing a
-//! hot account take its lock one after another (in id order, so they cannot deadlock).
+//! One writer per store, on purpose: the next batch forms while the current one commits, so
+//! batches grow with load. Several writers sharing the queue were measured worse on the hot
+//! account (docs/benchmarks.md): they split the queue into smaller batches that then wait for
+//! each other's row locks one after another.
 //!
 //! SQLite needs none of this: its group-commit writer (`group.rs`) already batches every write.
 
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use kernel::store::{AbsTransfer, AbsTransferResult, StoreError};
 use sqlx::{Acquire as _, PgConnection, PgPool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::convert::db_err;
 
@@ -35,10 +36,7 @@ use crate::convert::db_err;
 const QUEUE: usize = 1024;
 /// Most transfers in one transaction, bounding how long one batch holds its row locks.
 pub(crate) const MAX_BATCH: usize = 64;
-/// Writer tasks (each one pooled connection while it runs a batch).
-const WRITERS: usize = 4;
 
-type Queue = mpsc::Receiver<Request>;
 type Reply = oneshot::Sender<Result<AbsTransferResult, StoreError>>;
 
 struct Request {
@@ -55,7 +53,7 @@ pub(crate) struct LedgerWriterStats {
     pub(crate) transfers: AtomicU64,
 }
 
-/// Handle to the writer tasks; they end when the last handle drops.
+/// Handle to the writer task; it ends when the last handle drops.
 pub(crate) struct LedgerWriter {
     requests: mpsc::Sender<Request>,
     pub(crate) stats: Arc<LedgerWriterStats>,
@@ -64,11 +62,8 @@ pub(crate) struct LedgerWriter {
 impl LedgerWriter {
     pub(crate) fn spawn(pool: PgPool) -> Self {
         let (requests, queue) = mpsc::channel(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
         let stats = Arc::new(LedgerWriterStats::default());
-        for _ in 0..WRITERS {
-            tokio::spawn(run(pool.clone(), queue.clone(), stats.clone()));
-        }
+        tokio::spawn(run(pool, queue, stats.clone()));
         Self { requests, stats }
     }
 
@@ -92,14 +87,9 @@ fn writer_gone() -> StoreError {
     StoreError::Unavailable("ledger transfer not applied".into())
 }
 
-async fn run(pool: PgPool, queue: Arc<Mutex<Queue>>, stats: Arc<LedgerWriterStats>) {
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Request>, stats: Arc<LedgerWriterStats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // The queue is held only while taking a batch, not while running it.
-        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if taken == 0 {
-            break; // every sender is gone
-        }
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats
             .transfers

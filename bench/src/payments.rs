@@ -393,7 +393,7 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
     ));
     report.notes.push("closed loop: latency from the actual send; open loop: from the intended send time (a stalled sender shows as latency: no coordinated omission); warm-up excluded".into());
     report.notes.push(format!(
-        "ledger baseline: `abs::Abs::pay` (account lookups, payee resolution, one {} transaction per transfer, changes discarded) in the bench process, same shape and concurrency",
+        "ledger baseline: `abs::Abs::pay` (account lookups, payee resolution, the {} store's group-committed transfers, changes discarded) in the bench process, same shape and concurrency",
         args.mode.backend()
     ));
     if args.url.is_none() {

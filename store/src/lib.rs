@@ -10,7 +10,9 @@
 //!   All writes go through the group-commit writer (`group.rs`): one task, one connection,
 //!   concurrent writes batched into one transaction with a savepoint each, acknowledged after
 //!   the batch's COMMIT (one fsync for many writes).
-//! - [`PgStore`] (`postgres.rs`): the cluster store, a pool with one transaction per write.
+//! - [`PgStore`] (`postgres.rs`): the cluster store, a pool with one transaction per write,
+//!   except the ABS ledger's transfers: `ledger_writer.rs` group-commits them (one transaction
+//!   per batch, accounts locked up front in id order, a savepoint per transfer).
 //! - `queries.rs`: every query, written once and `include!`d into both backends against
 //!   their concrete connection type; `store_impl.rs` likewise holds the trait impls once.
 //! - `schema.rs`: embedded, numbered migrations and the `schema_version` table, applied at
@@ -30,6 +32,7 @@ pub use kernel::store::{Store, StoreError};
 
 mod convert;
 mod group;
+mod ledger_writer;
 mod postgres;
 mod schema;
 mod sqlite;

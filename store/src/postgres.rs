@@ -1,6 +1,7 @@
 //! The cluster store: PostgreSQL shared by every node.
 //!
-//! Each write is a plain transaction of its own on the pool, not group-committed: PostgreSQL
+//! Each write is a plain transaction of its own on the pool, not group-committed (except the
+//! ledger's transfers, see `ledger_writer.rs`, which serialise on hot account rows): PostgreSQL
 //! takes concurrent writers with row locks and already groups WAL flushes of concurrent
 //! commits itself, and a per-call transaction keeps a slow node's batch from holding row locks
 //! other nodes wait on. Fencing of stale writers rests on the version check inside `commit`.
@@ -14,6 +15,7 @@ use sqlx::{ConnectOptions as _, PgConnection};
 
 use crate::convert::db_err;
 use crate::group::BoxFuture;
+use crate::ledger_writer::LedgerWriter;
 use crate::schema;
 
 /// Connections per node; bounded so a node cannot exhaust the server's `max_connections`.
@@ -23,7 +25,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
+    /// Group-commits the ledger's transfers (`ledger_writer.rs`).
+    ledger: LedgerWriter,
 }
 
 impl PgStore {
@@ -40,7 +44,29 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(connect_failed)?;
-        Ok(Self { pool })
+        Ok(Self {
+            ledger: LedgerWriter::spawn(pool.clone()),
+            pool,
+        })
+    }
+
+    /// (transactions, transfers) the ledger's group-commit writer has run:
+    /// transfers/transactions is the average batch size.
+    pub fn ledger_write_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        let stats = &self.ledger.stats;
+        (
+            stats.transactions.load(Ordering::Relaxed),
+            stats.transfers.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Applies a transfer through the ledger's group commit (one transaction per batch).
+    async fn apply_transfer(
+        &self,
+        transfer: kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, StoreError> {
+        self.ledger.transfer(transfer).await
     }
 
     async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -74,7 +100,7 @@ fn connect_failed(error: sqlx::Error) -> StoreError {
     StoreError::Unavailable("cannot connect to PostgreSQL".into())
 }
 
-mod queries {
+pub(crate) mod queries {
     type Conn = sqlx::PgConnection;
     /// Locks the ABS account row so concurrent postings apply one after another.
     const FOR_UPDATE: &str = " FOR UPDATE";

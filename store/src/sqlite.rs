@@ -83,6 +83,15 @@ impl SqliteStore {
         self.writer.write(work).await
     }
 
+    /// Applies a transfer; the group-commit writer already batches it with other writes.
+    async fn apply_transfer(
+        &self,
+        transfer: kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, StoreError> {
+        self.write(move |c| Box::pin(async move { queries::abs_transfer(c, &transfer).await }))
+            .await
+    }
+
     /// (transactions, writes) the group-commit writer has run: writes/transactions is the
     /// average batch size.
     #[cfg(test)]

@@ -601,10 +601,7 @@ impl kernel::store::AbsStore for Backend {
         transfer: &kernel::store::AbsTransfer,
     ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
         queries::validate_transfer(transfer)?;
-        let owned = transfer.clone();
-        let applied = self
-            .write(move |c| Box::pin(async move { queries::abs_transfer(c, &owned).await }))
-            .await;
+        let applied = self.apply_transfer(transfer.clone()).await;
         match applied {
             // A concurrent duplicate won the race: answer with the winner's result.
             Err(kernel::store::StoreError::Duplicate) => {

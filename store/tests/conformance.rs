@@ -136,7 +136,16 @@ conformance!(
     login_networks_are_remembered_per_customer,
     totp_enrolment_confirms_once_and_steps_are_used_once,
     risk_flags_are_set_renewed_and_cleared,
+    abs_transfer_batches_keep_each_answer_and_the_invariants,
+    abs_transfer_concurrent_random_batches_keep_the_invariants,
 );
+
+#[path = "conformance/ledger_batch.rs"]
+mod ledger_batch;
+use ledger_batch::{
+    abs_transfer_batches_keep_each_answer_and_the_invariants,
+    abs_transfer_concurrent_random_batches_keep_the_invariants,
+};
 
 // ---- fixtures ---------------------------------------------------------------------------
 

@@ -21,9 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::{Node, group_by_customer};
 
-/// Messages fetched per round trip.
+/// Most messages handled as one batch, and requested ahead of the one being handled.
 const BATCH: usize = 256;
-const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Customers of one batch applied concurrently.
 const CONCURRENCY: usize = 64;
 
@@ -66,12 +65,22 @@ async fn consume_partition(node: Node, js: Context, partition: u32) {
             return;
         }
     };
+    // Read continuously: the next messages arrive while a batch commits, and a batch takes
+    // whatever has arrived meanwhile. Batches are still handled one at a time, in order.
+    let mut backlog = match consumer.backlog(BATCH).await {
+        Ok(backlog) => backlog,
+        Err(error) => {
+            tracing::warn!(%error, partition, "cannot read partition; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
     tracing::info!(partition, "consuming partition");
     loop {
-        let batch = match consumer.fetch_batch(BATCH, FETCH_WAIT).await {
+        let batch = match backlog.next_batch(BATCH).await {
             Ok(batch) => batch,
             Err(error) => {
-                tracing::warn!(%error, partition, "fetch failed");
+                tracing::warn!(%error, partition, "partition read failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 return;
             }

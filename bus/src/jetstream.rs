@@ -299,6 +299,63 @@ impl PartitionConsumer {
     }
 }
 
+/// A partition consumer read continuously: the server keeps messages flowing to this node
+/// while it works on earlier ones, so a batch does not wait one fetch round trip behind the
+/// previous one. Bounded: at most `buffered` messages are requested ahead, and the
+/// consumer's `max_ack_pending` caps what is delivered but not yet acknowledged.
+///
+/// Order and acknowledgement are as with [`PartitionConsumer::fetch_batch`]: the caller
+/// handles what [`next_batch`](Self::next_batch) returned before asking for more, and a
+/// caller that stops on an error binds again from the ack floor (what was buffered and not
+/// acknowledged comes again, in order).
+pub struct PartitionBacklog {
+    messages: async_nats::jetstream::consumer::pull::Stream,
+}
+
+/// How often the server signals an idle pull is alive; a missed signal ends the backlog.
+const BACKLOG_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Life of one pull request; the client renews it.
+const BACKLOG_EXPIRES: Duration = Duration::from_secs(6);
+
+impl PartitionConsumer {
+    /// Starts a continuous read of this partition, at most `buffered` messages ahead.
+    pub async fn backlog(&self, buffered: usize) -> Result<PartitionBacklog, BusError> {
+        let messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(buffered.clamp(1, 10_000))
+            .heartbeat(BACKLOG_HEARTBEAT)
+            .expires(BACKLOG_EXPIRES)
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        Ok(PartitionBacklog { messages })
+    }
+}
+
+impl PartitionBacklog {
+    /// Waits for the next message, then takes the ones that have already arrived, up to
+    /// `max` in all, in stream order. `Err` when the read broke (missed heartbeats, the
+    /// consumer deleted, the connection lost): the caller binds again.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<IncomingChange>, BusError> {
+        let first = match self.messages.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Err(unavailable(error)),
+            None => return Err(BusError::Unavailable("partition read ended".into())),
+        };
+        let mut out = vec![IncomingChange::new(first)?];
+        while out.len() < max.max(1) {
+            match futures::FutureExt::now_or_never(self.messages.next()) {
+                Some(Some(Ok(message))) => out.push(IncomingChange::new(message)?),
+                // An error after messages: hand over these; it shows again on the next call
+                // if the read is really broken.
+                Some(Some(Err(_)) | None) | None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// One change read from a partition consumer.
 pub struct IncomingChange {
     message: js::Message,

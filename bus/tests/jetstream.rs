@@ -139,6 +139,59 @@ async fn partition_consumer_delivers_in_order_and_redelivers_unacked() {
 }
 
 #[tokio::test]
+async fn backlog_reads_in_order_and_a_new_binding_gets_the_unacked_back() {
+    let (_server, js) = connect().await;
+    jetstream::ensure_abs_stream(&js, PARTITIONS).await.unwrap();
+    let mine = customers_of(3, 4);
+    let other = customers_of(4, 1);
+    for (i, customer) in mine.iter().chain(&other).enumerate() {
+        jetstream::publish_change(&js, &change(&format!("chg-{i}"), customer))
+            .await
+            .unwrap();
+    }
+    let consumer = PartitionConsumer::bind(&js, 3).await.unwrap();
+    let mut backlog = consumer.backlog(8).await.unwrap();
+    // The first batch may hold fewer than all four (whatever had arrived); read on until
+    // every one came, at most two in a batch.
+    let mut read = Vec::new();
+    while read.len() < mine.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(5), backlog.next_batch(2))
+            .await
+            .expect("messages within 5 s")
+            .unwrap();
+        assert!((1..=2).contains(&batch.len()), "{}", batch.len());
+        read.extend(batch);
+    }
+    let seqs: Vec<u64> = read.iter().map(|m| m.stream_sequence()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for (message, customer) in read.iter().zip(&mine) {
+        assert_eq!(message.subject(), format!("abs.part.3.{customer}"));
+    }
+    // Nothing of partition 4 and nothing more of 3.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), backlog.next_batch(8))
+            .await
+            .is_err()
+    );
+    read[0].ack_confirmed().await.unwrap();
+    // The owner dies holding three read, unacked messages: the next binding gets them again
+    // at once, in order.
+    drop((read, backlog, consumer));
+    let rebound = PartitionConsumer::bind(&js, 3).await.unwrap();
+    let mut backlog = rebound.backlog(8).await.unwrap();
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), backlog.next_batch(8))
+            .await
+            .expect("redelivered within 5 s, not after ack_wait")
+            .unwrap();
+        again.extend(batch);
+    }
+    let again_seqs: Vec<u64> = again.iter().map(|m| m.stream_sequence()).collect();
+    assert_eq!(again_seqs, seqs[1..]);
+}
+
+#[tokio::test]
 async fn fetch_returns_early_when_messages_are_there() {
     let (_server, js) = connect().await;
     jetstream::ensure_abs_stream(&js, PARTITIONS).await.unwrap();

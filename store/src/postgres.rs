@@ -18,6 +18,8 @@ use crate::group::BoxFuture;
 use crate::ledger_writer::LedgerWriter;
 use crate::schema;
 
+mod commit;
+
 /// Connections per node; bounded so a node cannot exhaust the server's `max_connections`.
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a pooled connection (or a new one) before `Unavailable`.
@@ -92,6 +94,20 @@ impl PgStore {
         let value = work(&mut tx).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(value)
+    }
+
+    /// A journal commit: one self-contained statement when it can be (see commit.rs),
+    /// else the general transaction.
+    async fn commit_validated(
+        &self,
+        commit: kernel::store::Commit,
+    ) -> Result<Vec<i64>, StoreError> {
+        if commit::fits_one_statement(&commit) {
+            let mut conn = self.pool.acquire().await.map_err(db_err)?;
+            return commit::commit_in_one_statement(&mut conn, &commit).await;
+        }
+        self.write(move |c| Box::pin(async move { queries::commit(c, &commit).await }))
+            .await
     }
 }
 

@@ -92,6 +92,15 @@ impl SqliteStore {
             .await
     }
 
+    /// Journal commits share the group-commit writer with every other write.
+    async fn commit_validated(
+        &self,
+        commit: kernel::store::Commit,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.write(move |c| Box::pin(async move { queries::commit(c, &commit).await }))
+            .await
+    }
+
     /// (transactions, writes) the group-commit writer has run: writes/transactions is the
     /// average batch size.
     #[cfg(test)]

@@ -68,8 +68,7 @@ impl kernel::store::JournalStore for Backend {
     ) -> Result<Vec<i64>, kernel::store::StoreError> {
         // Refuse a malformed commit before it takes a place in the write queue.
         queries::validate_commit(&commit)?;
-        self.write(move |c| Box::pin(async move { queries::commit(c, &commit).await }))
-            .await
+        self.commit_validated(commit).await
     }
 
     async fn mark_read(

@@ -100,6 +100,7 @@ conformance!(
     snapshot_round_trip,
     mark_read_is_monotonic_and_clamped,
     outbox_pending_and_delete_in_order,
+    later_commit_writes_everything_in_order,
     concurrent_commits_for_many_customers_all_land,
     credentials_insert_once,
     sessions_create_read_revoke,
@@ -518,6 +519,47 @@ async fn outbox_pending_and_delete_in_order(store: Arc<dyn Store>) {
         [ids[1], later[0]]
     );
     assert_eq!(pending[1].payload, [4, 0, 255]);
+}
+
+/// A commit after the first (PostgreSQL writes it as one statement): every part lands, the
+/// outbox ids come back in the order of the messages, a snapshot rides along.
+async fn later_commit_writes_everything_in_order(store: Arc<dyn Store>) {
+    let c = cid("c1");
+    store.commit(commit("c1", 0, 1)).await.unwrap();
+    let mut later = commit("c1", 1, 3);
+    later.change_ids.push("chg-no-event".into());
+    later.outbox = (2..=4u8)
+        .map(|n| OutboxMessage {
+            subject: format!("push.c1.{n}"),
+            payload: vec![n, 0, 255],
+        })
+        .collect();
+    later.snapshot = Some(Snapshot {
+        version: 4,
+        state: json!({"v": 4}),
+    });
+    let ids = store.commit(later.clone()).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let pending = store.outbox_pending(10).await.unwrap();
+    assert_eq!(pending.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+    for (row, message) in pending.iter().zip(&later.outbox) {
+        assert_eq!(
+            (&row.subject, &row.payload),
+            (&message.subject, &message.payload)
+        );
+    }
+    assert_eq!(store.journal_after(&c, 1, 10).await.unwrap(), later.events);
+    let record = store.load_customer(&c).await.unwrap().unwrap();
+    assert_eq!(record.version, 4);
+    assert_eq!(record.snapshot.unwrap().state, json!({"v": 4}));
+    let asked = ["chg-2".to_string(), "chg-4".into(), "chg-no-event".into()];
+    assert_eq!(store.applied_changes(&c, &asked).await.unwrap().len(), 3);
+    // An event-less commit (only a change id) moves nothing but records the id.
+    let mut quiet = commit("c1", 4, 0);
+    quiet.change_ids = vec!["chg-quiet".into()];
+    assert_eq!(store.commit(quiet).await.unwrap(), Vec::<i64>::new());
+    assert_eq!(store.load_customer(&c).await.unwrap().unwrap().version, 4);
 }
 
 async fn concurrent_commits_for_many_customers_all_land(store: Arc<dyn Store>) {

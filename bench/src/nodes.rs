@@ -59,7 +59,7 @@ impl BenchNats {
         let mut config = format!(
             "listen: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
              max_payload: 1048576\n\
-             jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+             jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n  max_file_store: 64G\n}}\n",
             dir.path().join("js").display()
         );
         if let Some(ws) = websocket_port {

@@ -65,11 +65,14 @@ impl NatsServer {
         std::fs::create_dir_all(&store_dir)?;
         // As in production (DESIGN.md): JetStream acks are relied on, so every write is
         // synced before it is acknowledged. Only the config file can say so.
+        // `max_file_store` is set because nats-server otherwise derives its limit from the free
+        // disk and refuses streams whose `max_bytes` (8 GiB for ABS_EVENTS) exceed it: a test
+        // machine with a fuller disk would fail every cluster test. Tests write megabytes.
         let config = store_dir.join("nats.conf");
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n  max_file_store: 64G\n}}\n",
                 store_dir.display()
             ),
         )?;

@@ -91,7 +91,7 @@ pub fn add_months(start: Date, months: u32) -> Option<Date> {
     let zero_based = i64::from(start.month() as u8) - 1 + i64::from(months);
     let year = i32::try_from(i64::from(start.year()) + zero_based / 12).ok()?;
     let month = Month::try_from(u8::try_from(zero_based % 12 + 1).ok()?).ok()?;
-    let day = start.day().min(time::util::days_in_year_month(year, month));
+    let day = start.day().min(month.length(year));
     Date::from_calendar_date(year, month, day).ok()
 }
 

@@ -6,8 +6,9 @@
 //! `{"ok": {"id", "status"}}` or `{"err": {"code", "detail"}}` with `code` one of `not_found`
 //! (no such card, or another customer's), `card_closed` (neither active nor blocked),
 //! `bad_request`, `unavailable`. Setting the status a card already has is not an error: the
-//! answer is the same, so a retry after a lost reply converges. The change id is derived from
-//! the card, the status and the key, so a retried command is journaled once.
+//! answer is the same and nothing is published, so only real transitions reach the feed (and
+//! a block's security alert is sent once). The change id is derived from the card, the status
+//! and the key, so a retried command is journaled once.
 
 use kernel::{Change, ChangeBody, CustomerId};
 use serde::Deserialize;
@@ -78,15 +79,14 @@ impl Abs {
             return Err(refuse("card_closed", "the card is closed"));
         }
         let status = op.status();
-        if card.status != status {
-            self.store
-                .abs_set_status(card_id, status)
-                .await
-                .map_err(unavailable)?;
+        if card.status == status {
+            return Ok(status);
         }
-        // Submitted even when the status was already set: a command retried after a crash
-        // between the store write and the submit still reaches the actor; the sink drops a
-        // change id it has seen.
+        // The change goes first, the store second: a crash between them leaves the old status
+        // in the store, so the client's retry (no answer yet) submits the same change id again
+        // (dropped as a duplicate) and writes the status. Meanwhile the customer's state is
+        // ahead of the store, which errs on the safe side for either command: the actor refuses
+        // a blocked card's payments, the ABS those of a card it still holds blocked.
         let change = Change {
             id: format!("card-{card_id}-{status}-{key}"),
             customer_id: customer_id.clone(),
@@ -101,6 +101,10 @@ impl Abs {
             .submit(vec![change])
             .await
             .map_err(|e| refuse("unavailable", e.to_string()))?;
+        self.store
+            .abs_set_status(card_id, status)
+            .await
+            .map_err(unavailable)?;
         Ok(status)
     }
 

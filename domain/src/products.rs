@@ -348,5 +348,44 @@ pub fn annotate(products: &mut Value, today: Date) {
     }
 }
 
+/// The `security_alert` a card's block raises (an unblock and other products say nothing).
+/// The ABS publishes a status only when it changes, so each block alerts once; the state's
+/// own status is not consulted because an actor activated after the ABS's write already
+/// holds the new status. The text names the masked card in the customer's language (`ru`,
+/// else English).
+pub fn card_blocked_alert(
+    product: &crate::Product,
+    new_status: Option<&str>,
+    language: &str,
+    at: time::OffsetDateTime,
+) -> Option<crate::customer::NotifyDraft> {
+    if product.kind != crate::ProductKind::Card || new_status != Some("blocked") {
+        return None;
+    }
+    let card = product
+        .details
+        .get("pan_masked")
+        .and_then(Value::as_str)
+        .unwrap_or(&product.title);
+    let event = if language == "ru" {
+        format!("карта {card} заблокирована")
+    } else {
+        format!("card {card} blocked")
+    };
+    let mut params = Map::new();
+    params.insert("event".into(), json!(event));
+    params.insert(
+        "at".into(),
+        json!(
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+    );
+    Some(crate::customer::NotifyDraft {
+        kind: "security_alert",
+        params,
+    })
+}
+
 #[cfg(test)]
 mod tests;

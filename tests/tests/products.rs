@@ -236,10 +236,10 @@ async fn a_blocked_card_pays_nothing_until_unblocked_and_the_feed_shows_both() {
     changes.sort();
     let statuses: Vec<&str> = changes.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(statuses.first(), Some(&"blocked"), "{changes:?}");
-    // Keys b1 (sent twice: one change) and b2.
+    // Keys b1 (sent twice) and b2: the ABS publishes the one transition.
     assert_eq!(
         statuses.iter().filter(|s| **s == "blocked").count(),
-        2,
+        1,
         "{changes:?}"
     );
     assert_eq!(statuses.last(), Some(&"active"), "{changes:?}");
@@ -341,4 +341,61 @@ async fn a_card_blocked_through_one_node_is_refused_on_another() {
     );
     wait_card_status(&b, &token_b, "k000007", "blocked").await;
     assert_eq!(account_balance(&b, &token_b, &account(7)).await, before);
+}
+
+#[tokio::test]
+async fn each_block_of_a_card_sends_one_security_alert_in_the_customers_language() {
+    let gateway = tests::SmsGateway::start().await.unwrap();
+    let dir = tempdir::TempDir::new();
+    let mut spec = NodeSpec::embedded(&dir.0);
+    spec.env.push(("ARBAT_SMS_URL".into(), gateway.url.clone()));
+    let node = ArbatProcess::start(spec).await.unwrap();
+    let client = node.client();
+    // Customer 15 speaks Russian (demo data) and has no app: the alert falls back to SMS.
+    let token = client.login(15).await.unwrap();
+    // Block (alert), block again (already blocked: nothing published), unblock (no alert),
+    // block (alert). The first block reaches an actor not yet activated.
+    for (path, key) in [
+        ("/v1/cards/k000015/block", "b1"),
+        ("/v1/cards/k000015/block", "b2"),
+        ("/v1/cards/k000015/unblock", "u1"),
+        ("/v1/cards/k000015/block", "b3"),
+    ] {
+        let (status, body) = client
+            .post_idempotent(path, &token, key, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        // Each change is applied before the next, so the actor sees them in order.
+        let want = if path.ends_with("unblock") {
+            "active"
+        } else {
+            "blocked"
+        };
+        wait_card_status(&client, &token, "k000015", want).await;
+    }
+    let alerts = |messages: &[Value]| {
+        messages
+            .iter()
+            .filter(|m| m["to"] == "+79990000015")
+            .filter(|m| {
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("карта 220220******0015 заблокирована"))
+            })
+            .count()
+    };
+    let found = tokio::time::timeout(WAIT, async {
+        while alerts(&gateway.messages()) < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let feed = client.whole_feed(&token).await.unwrap();
+    assert!(
+        found.is_ok(),
+        "SMS: {:?}\nfeed: {feed:?}",
+        gateway.messages()
+    );
+    assert_eq!(alerts(&gateway.messages()), 2);
 }

@@ -293,3 +293,66 @@ fn products_are_annotated_consistently_with_the_schedule() {
         Err(TermsError::Field("principal"))
     );
 }
+
+#[test]
+fn only_a_card_becoming_blocked_raises_a_security_alert() {
+    let product = |kind: crate::ProductKind, status: &str| crate::Product {
+        id: "k1".into(),
+        kind,
+        title: "Debit card".into(),
+        status: status.into(),
+        balance: None,
+        details: json!({"pan_masked": "220220******0001"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    let at = time::macros::datetime!(2026-12-05 10:00 UTC);
+    let card = crate::ProductKind::Card;
+    // (product kind, current status, new status, language, expected event text)
+    let cases = [
+        (
+            card,
+            "active",
+            Some("blocked"),
+            "en",
+            Some("card 220220******0001 blocked"),
+        ),
+        (
+            card,
+            "active",
+            Some("blocked"),
+            "ru",
+            Some("карта 220220******0001 заблокирована"),
+        ),
+        (
+            card,
+            "blocked",
+            Some("blocked"),
+            "en",
+            Some("card 220220******0001 blocked"),
+        ),
+        (card, "blocked", Some("active"), "en", None),
+        (card, "active", None, "en", None),
+        (
+            crate::ProductKind::Account,
+            "active",
+            Some("blocked"),
+            "en",
+            None,
+        ),
+    ];
+    for (kind, current, new, language, expected) in cases {
+        let alert = card_blocked_alert(&product(kind, current), new, language, at);
+        assert_eq!(
+            alert
+                .as_ref()
+                .map(|a| (a.kind, a.params["event"].as_str().unwrap())),
+            expected.map(|text| ("security_alert", text)),
+            "{kind:?} {current} -> {new:?} in {language}"
+        );
+        if let Some(alert) = alert {
+            assert_eq!(alert.params["at"], "2026-12-05T10:00:00Z");
+        }
+    }
+}

@@ -158,14 +158,14 @@ pub fn customer(n: u32) -> (AbsCustomer, Vec<AbsProduct>) {
             "deposit",
             "Savings deposit",
             50_000_000,
-            json!({"rate": "12.5", "ends": "2027-12-31"}),
+            json!({"rate": "12.5", "opened": "2025-12-31", "ends": "2027-12-31"}),
         ),
         product(
             "l",
             "loan",
             "Consumer loan",
             30_000_000,
-            json!({"rate": "19.9", "next_payment": {"date": "2027-01-15", "amount": {"amount": "10250.00", "currency": "RUB"}}}),
+            json!({"rate": "19.9", "principal": {"amount": "300000.00", "currency": "RUB"}, "term_months": 36, "start_date": "2026-11-15"}),
         ),
     ];
     (customer, products)

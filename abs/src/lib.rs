@@ -16,6 +16,8 @@
 //!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
 //! - [`holds`]: `abs.cmd.hold.authorize` / `capture` / `release` (card processing), persisted
 //!   by the store; a capture is published like a payment.
+//! - [`products`]: `abs.cmd.card.block` / `unblock`: a card's status in the store, published
+//!   as `product_changed`.
 //! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
 //!   honoured by `abs.cmd.payment` when a conversion carries one.
 //!
@@ -38,6 +40,7 @@ pub mod demo;
 pub mod holds;
 pub mod ledger;
 mod payments;
+pub mod products;
 pub mod quotes;
 pub mod rates;
 
@@ -116,6 +119,7 @@ enum Command {
     Customer,
     Payment,
     Hold(holds::HoldOp),
+    Card(products::CardOp),
 }
 
 /// How often a node re-reads the stored rates (a safety net for a lost `abs.rates` message).
@@ -382,7 +386,8 @@ impl Abs {
         }))
     }
 
-    /// Answers `abs.cmd.customer.get`, `abs.cmd.payment` and `abs.cmd.hold.*` on the bus
+    /// Answers `abs.cmd.customer.get`, `abs.cmd.payment`, `abs.cmd.hold.*` and `abs.cmd.card.*`
+    /// on the bus
     /// until the bus closes. Every node runs it in a queue group, so any node's ABS answers.
     pub async fn serve(self, bus: Arc<dyn Bus>) -> Result<(), kernel::bus::BusError> {
         let customers = bus
@@ -404,9 +409,22 @@ impl Abs {
                 .await?;
             holds.push(subscription.map(move |m| (Command::Hold(op), m)));
         }
+        let mut cards = Vec::new();
+        for (name, op) in [
+            ("card.block", products::CardOp::Block),
+            ("card.unblock", products::CardOp::Unblock),
+        ] {
+            let subscription = bus
+                .queue_subscribe(&subjects::abs_command(name), "abs")
+                .await?;
+            cards.push(subscription.map(move |m| (Command::Card(op), m)));
+        }
         let mut requests = futures::stream::select(
             futures::stream::select(customers, payments),
-            futures::stream::select_all(holds),
+            futures::stream::select(
+                futures::stream::select_all(holds),
+                futures::stream::select_all(cards),
+            ),
         );
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
         while let Some((command, message)) = requests.next().await {
@@ -421,6 +439,7 @@ impl Abs {
                     Command::Payment => abs.answer_payment(&message.payload).await,
                     Command::Customer => abs.answer_customer_get(&message.payload).await,
                     Command::Hold(op) => abs.answer_hold(op, &message.payload).await,
+                    Command::Card(op) => abs.answer_card(op, &message.payload).await,
                 };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
                 drop(permit);

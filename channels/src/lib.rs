@@ -58,6 +58,7 @@ mod notifications;
 mod ops;
 mod payments;
 pub mod problem;
+mod products;
 mod quotes;
 mod rest;
 pub mod revocations;
@@ -210,7 +211,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v1/me/totp/confirm", post(manager::confirm_totp))
         .route("/v1/me/totp/remove", post(manager::remove_totp))
-        .route("/v1/products", get(rest::products))
+        .route("/v1/products", get(products::products))
+        .route("/v1/loans/{id}/schedule", get(products::loan_schedule))
+        .route("/v1/cards/{id}/block", post(products::block_card))
+        .route("/v1/cards/{id}/unblock", post(products::unblock_card))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
         .route("/v1/feed", get(rest::feed))
         .route("/v1/feed/read", post(rest::feed_read))

@@ -1,4 +1,4 @@
-//! Customer reads. Products and transactions come from the actor's memory; the feed
+//! Customer reads. Transactions come from the actor's memory (products: `products.rs`); the feed
 //! pages come from the store's journal, the unread count from the actor.
 
 use std::sync::Arc;
@@ -29,18 +29,6 @@ pub(crate) async fn me(
         object.insert("phone".into(), Value::String(abs.phone));
     }
     Ok(Json(me))
-}
-
-pub(crate) async fn products(
-    State(gateway): State<Arc<Gateway>>,
-    Customer(claims): Customer,
-) -> Result<Json<Value>, Problem> {
-    Ok(Json(
-        gateway
-            .node
-            .call(&claims.sub, CustomerRequest::Products)
-            .await?,
-    ))
 }
 
 #[derive(Deserialize)]

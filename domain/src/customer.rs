@@ -253,9 +253,15 @@ impl CustomerState {
                 status,
                 title,
             } => {
-                if !self.products.contains_key(product_id) {
+                let Some(product) = self.products.get(product_id) else {
                     return Err(Rejection::UnknownProduct(product_id.clone()));
-                }
+                };
+                notify = crate::products::card_blocked_alert(
+                    product,
+                    status.as_deref(),
+                    &self.language,
+                    change.at,
+                );
                 data.insert("product_id".into(), json!(product_id));
                 if let Some(status) = status {
                     data.insert("status".into(), json!(status));

@@ -11,6 +11,8 @@
 //!   named; request fields checked against them.
 //! - [`payments`]: payment checks (idempotency, ownership, currency, funds, limits) and
 //!   `payment_status` events folded into the state.
+//! - [`products`]: deposit interest (simple, actual/365) and loan annuity schedules, and
+//!   what `GET /v1/products` shows computed from a product's terms.
 //! - [`scheduled`]: monthly/weekly autopayments: the schedule index write an event causes,
 //!   and what a due run is (the period's payment, or already run) and when it runs next.
 //! - [`templates`]: saved payments, journaled as `template_saved`/`template_deleted`.
@@ -23,6 +25,7 @@ pub mod autopay;
 pub mod customer;
 pub mod operations;
 pub mod payments;
+pub mod products;
 pub mod scheduled;
 pub mod templates;
 pub mod views;

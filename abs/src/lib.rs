@@ -16,7 +16,7 @@
 //!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
 //! - [`holds`]: `abs.cmd.hold.authorize` / `capture` / `release` (card processing), persisted
 //!   by the store; a capture is published like a payment.
-//! - [`products`]: `abs.cmd.card.block` / `unblock`: a card's status in the store, published
+//! - [`products`]: `abs.cmd.card.block` / `unblock` / `limits`: a card's status in the store, published
 //!   as `product_changed`.
 //! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
 //!   honoured by `abs.cmd.payment` when a conversion carries one.
@@ -120,6 +120,7 @@ enum Command {
     Payment,
     Hold(holds::HoldOp),
     Card(products::CardOp),
+    CardLimits,
 }
 
 /// How often a node re-reads the stored rates (a safety net for a lost `abs.rates` message).
@@ -419,11 +420,15 @@ impl Abs {
                 .await?;
             cards.push(subscription.map(move |m| (Command::Card(op), m)));
         }
+        let card_limits = bus
+            .queue_subscribe(&subjects::abs_command("card.limits"), "abs")
+            .await?
+            .map(|m| (Command::CardLimits, m));
         let mut requests = futures::stream::select(
             futures::stream::select(customers, payments),
             futures::stream::select(
                 futures::stream::select_all(holds),
-                futures::stream::select_all(cards),
+                futures::stream::select(futures::stream::select_all(cards), card_limits),
             ),
         );
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
@@ -440,6 +445,7 @@ impl Abs {
                     Command::Customer => abs.answer_customer_get(&message.payload).await,
                     Command::Hold(op) => abs.answer_hold(op, &message.payload).await,
                     Command::Card(op) => abs.answer_card(op, &message.payload).await,
+                    Command::CardLimits => abs.answer_card_limits(&message.payload).await,
                 };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
                 drop(permit);

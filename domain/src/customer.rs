@@ -252,6 +252,7 @@ impl CustomerState {
                 product_id,
                 status,
                 title,
+                daily_limit,
             } => {
                 let Some(product) = self.products.get(product_id) else {
                     return Err(Rejection::UnknownProduct(product_id.clone()));
@@ -268,6 +269,9 @@ impl CustomerState {
                 }
                 if let Some(title) = title {
                     data.insert("title".into(), json!(title));
+                }
+                if let Some(daily_limit) = daily_limit {
+                    data.insert("daily_limit".into(), json!(daily_limit));
                 }
             }
             ChangeBody::Notification {
@@ -413,6 +417,11 @@ impl CustomerState {
                     }
                     if let Some(title) = text("title") {
                         product.title = title;
+                    }
+                    if let Some(daily_limit) = event.data.get("daily_limit") {
+                        product
+                            .details
+                            .insert("daily_limit".into(), daily_limit.clone());
                     }
                 }
             }

@@ -348,6 +348,39 @@ pub fn annotate(products: &mut Value, today: Date) {
     }
 }
 
+/// The largest daily limit a card may have, in minor units of its account's currency
+/// (1 000 000.00 RUB).
+pub const MAX_CARD_DAILY_LIMIT_MINOR: i64 = 100_000_000;
+
+/// Why a card's daily limit is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DailyLimitError {
+    #[error("the limit must be positive")]
+    NotPositive,
+    #[error("the limit must be at most 1000000.00 in the card's currency")]
+    TooLarge,
+    #[error("the limit must be in the card's account currency")]
+    Currency,
+}
+
+/// Checks a card's new daily limit against its account's currency: positive, in that
+/// currency, at most [`MAX_CARD_DAILY_LIMIT_MINOR`].
+pub fn check_card_daily_limit(
+    limit: Money,
+    account_currency: kernel::Currency,
+) -> Result<(), DailyLimitError> {
+    if limit.currency != account_currency {
+        return Err(DailyLimitError::Currency);
+    }
+    if limit.minor <= 0 {
+        return Err(DailyLimitError::NotPositive);
+    }
+    if limit.minor > MAX_CARD_DAILY_LIMIT_MINOR {
+        return Err(DailyLimitError::TooLarge);
+    }
+    Ok(())
+}
+
 /// The `security_alert` a card's block raises (an unblock and other products say nothing).
 /// The ABS publishes a status only when it changes, so each block alerts once; the state's
 /// own status is not consulted because an actor activated after the ABS's write already

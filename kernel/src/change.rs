@@ -42,6 +42,9 @@ pub enum ChangeBody {
         status: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         title: Option<String>,
+        /// A card's new daily spending limit (`PUT /v1/cards/{id}/limits`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        daily_limit: Option<Money>,
     },
     /// The outcome of a notification sent to the customer (from the notifier), or a message
     /// the bank wants in the customer's feed.

@@ -1232,6 +1232,24 @@ pub(crate) async fn abs_set_status(c: &mut Conn, id: &str, status: &str) -> Resu
     Ok(())
 }
 
+pub(crate) async fn abs_set_details(
+    c: &mut Conn,
+    id: &str,
+    details: &str,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query("UPDATE abs_products SET details = $2 WHERE id = $1")
+        .bind(id)
+        .bind(details)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 /// What identifies a transfer's content, so a reused id with other legs is refused.
 fn transfer_fingerprint(transfer: &AbsTransfer) -> String {
     transfer

@@ -688,4 +688,17 @@ impl kernel::store::AbsStore for Backend {
         self.write(move |c| Box::pin(async move { queries::abs_set_status(c, &id, &status).await }))
             .await
     }
+
+    async fn abs_set_details(
+        &self,
+        id: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), kernel::store::StoreError> {
+        let id = id.to_owned();
+        let details = details.to_string();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_set_details(c, &id, &details).await })
+        })
+        .await
+    }
 }

@@ -1427,6 +1427,17 @@ async fn abs_transfer_refusals_change_nothing(store: Arc<dyn Store>) {
         store.abs_set_status("missing", "closed").await,
         Err(StoreError::NotFound)
     );
+    // Details are replaced whole and read back as written; an unknown product is NotFound.
+    let details = serde_json::json!({"daily_limit": {"amount": "100.00", "currency": "RUB"}});
+    store.abs_set_details("acc2", &details).await.unwrap();
+    assert_eq!(
+        store.abs_account("acc2").await.unwrap().unwrap().details,
+        details
+    );
+    assert_eq!(
+        store.abs_set_details("missing", &details).await,
+        Err(StoreError::NotFound)
+    );
     assert_eq!(all_balances(&*store).await, before);
     assert!(store.abs_ledger_sums().await.unwrap().is_empty());
     // A refused id stays free for a valid transfer.

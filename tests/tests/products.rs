@@ -399,3 +399,200 @@ async fn each_block_of_a_card_sends_one_security_alert_in_the_customers_language
     );
     assert_eq!(alerts(&gateway.messages()), 2);
 }
+
+async fn card_daily_limit(client: &tests::Client, token: &str, card: &str) -> Value {
+    let (status, products) = client.get("/v1/products", Some(token)).await.unwrap();
+    assert_eq!(status, 200);
+    products["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == card)
+        .map(|p| p["daily_limit"].clone())
+        .unwrap()
+}
+
+async fn pay_amount_from_card(
+    client: &tests::Client,
+    token: &str,
+    card: &str,
+    key: &str,
+    amount: &str,
+) -> (u16, Value) {
+    client
+        .post_idempotent(
+            "/v1/payments",
+            token,
+            key,
+            json!({"operation": "transfer.phone", "from": card, "amount": rub(amount),
+                "fields": {"phone": "+79990000002"}}),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_card_pays_up_to_its_daily_limit_and_the_feed_shows_the_limit() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    assert_eq!(
+        card_daily_limit(&client, &token, "k000001").await,
+        Value::Null
+    );
+
+    for key in ["l1", "l1", "l2"] {
+        let (status, body) = client
+            .put_idempotent(
+                "/v1/cards/k000001/limits",
+                &token,
+                key,
+                json!({"daily": rub("100.00")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{key}: {body}");
+        assert_eq!(body, json!({"id": "k000001", "daily_limit": rub("100.00")}));
+    }
+    eventually("the limit reaches the state", WAIT, || async {
+        (card_daily_limit(&client, &token, "k000001").await == rub("100.00")).then_some(())
+    })
+    .await;
+
+    // 60 + 40 fit; one more kopeck does not, and changes nothing.
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p1", "60.00").await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (201, &json!("completed")),
+        "{paid}"
+    );
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p2", "40.00").await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (201, &json!("completed")),
+        "{paid}"
+    );
+    let before = account_balance(&client, &token, &account(1)).await;
+    let (status, problem) = pay_amount_from_card(&client, &token, "k000001", "p3", "0.01").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{problem}"
+    );
+    assert_eq!(account_balance(&client, &token, &account(1)).await, before);
+    // The card's account itself is not limited by the card's limit.
+    let (status, paid) = pay_amount_from_card(&client, &token, &account(1), "p4", "1.00").await;
+    assert_eq!(status, 201, "{paid}");
+
+    // Raising the limit lets the card pay again.
+    let (status, _) = client
+        .put_idempotent(
+            "/v1/cards/k000001/limits",
+            &token,
+            "l3",
+            json!({"daily": rub("200.00")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    eventually("the raised limit reaches the state", WAIT, || async {
+        (card_daily_limit(&client, &token, "k000001").await == rub("200.00")).then_some(())
+    })
+    .await;
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p5", "0.01").await;
+    assert_eq!(status, 201, "{paid}");
+
+    // The feed has each change of the limit once despite the retried and repeated keys.
+    let feed = client.whole_feed(&token).await.unwrap();
+    let limits: Vec<&Value> = feed
+        .iter()
+        .filter(|e| e["kind"] == "product_changed" && e["product_id"] == "k000001")
+        .map(|e| &e["daily_limit"])
+        .collect();
+    assert_eq!(limits, [&rub("100.00"), &rub("200.00")], "{feed:?}");
+}
+
+#[tokio::test]
+async fn bad_or_foreign_card_limits_change_nothing() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let other = client.login(2).await.unwrap();
+    let put = |path: String, key: &'static str, body: Value| {
+        let client = &client;
+        let token = &token;
+        async move {
+            client
+                .put_idempotent(&path, token, key, body)
+                .await
+                .unwrap()
+        }
+    };
+    // Another customer's card, an unknown id, an account: 404.
+    for card in ["k000002", "nope", "a000001"] {
+        let (status, body) = put(
+            format!("/v1/cards/{card}/limits"),
+            "x1",
+            json!({"daily": rub("100.00")}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{card}"
+        );
+    }
+    // Bad bodies: 422 invalid_field on `daily`.
+    for body in [
+        json!({"daily": rub("0.00")}),
+        json!({"daily": rub("-1.00")}),
+        json!({"daily": rub("1000000.01")}),
+        json!({"daily": {"amount": "100.00", "currency": "USD"}}),
+        json!({"daily": {"amount": "1.001", "currency": "RUB"}}),
+        json!({"daily": "100"}),
+        json!({}),
+        json!({"daily": rub("100.00"), "weekly": rub("1.00")}),
+    ] {
+        let (status, problem) = put("/v1/cards/k000001/limits".into(), "x2", body.clone()).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["field"].as_str()),
+            (422, Some("invalid_field"), Some("daily")),
+            "{body}: {problem}"
+        );
+    }
+    // No key: 400.
+    let (status, problem) = put(
+        "/v1/cards/k000001/limits".into(),
+        "",
+        json!({"daily": rub("100.00")}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    // The maximum itself is accepted.
+    let (status, body) = put(
+        "/v1/cards/k000001/limits".into(),
+        "x3",
+        json!({"daily": rub("1000000.00")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Customer 2's card is still without a limit; its feed has no change of it.
+    assert_eq!(
+        card_daily_limit(&client, &other, "k000002").await,
+        Value::Null
+    );
+    let feed = client.whole_feed(&other).await.unwrap();
+    assert!(
+        !feed.iter().any(|e| e["kind"] == "product_changed"),
+        "{feed:?}"
+    );
+}

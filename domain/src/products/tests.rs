@@ -356,3 +356,28 @@ fn only_a_card_becoming_blocked_raises_a_security_alert() {
         }
     }
 }
+
+#[test]
+fn a_card_daily_limit_is_positive_bounded_and_in_the_account_currency() {
+    let usd = |minor| Money::new(minor, Currency::USD);
+    let cases = [
+        (rub(1), Currency::RUB, Ok(())),
+        (rub(MAX_CARD_DAILY_LIMIT_MINOR), Currency::RUB, Ok(())),
+        (
+            rub(MAX_CARD_DAILY_LIMIT_MINOR + 1),
+            Currency::RUB,
+            Err(DailyLimitError::TooLarge),
+        ),
+        (rub(0), Currency::RUB, Err(DailyLimitError::NotPositive)),
+        (rub(-5), Currency::RUB, Err(DailyLimitError::NotPositive)),
+        (usd(100), Currency::RUB, Err(DailyLimitError::Currency)),
+        (usd(100), Currency::USD, Ok(())),
+    ];
+    for (n, (limit, currency, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            check_card_daily_limit(limit, currency),
+            expected,
+            "case {n}"
+        );
+    }
+}

@@ -689,6 +689,19 @@ impl kernel::store::AbsStore for Backend {
             .await
     }
 
+    async fn abs_open_product(
+        &self,
+        product: &kernel::store::AbsProduct,
+        transfer: &kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
+        let product = product.clone();
+        let transfer = transfer.clone();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_open_product(c, &product, &transfer).await })
+        })
+        .await
+    }
+
     async fn abs_set_details(
         &self,
         id: &str,

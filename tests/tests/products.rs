@@ -596,3 +596,166 @@ async fn bad_or_foreign_card_limits_change_nothing() {
         "{feed:?}"
     );
 }
+
+async fn deposits(client: &tests::Client, token: &str) -> Vec<Value> {
+    let (status, products) = client.get("/v1/products", Some(token)).await.unwrap();
+    assert_eq!(status, 200);
+    products["deposits"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_deposit_opens_from_an_account_once_per_key_and_moves_the_money_once() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let before = minor(&rub(&account_balance(&client, &token, &account(1)).await));
+    let deposits_before = deposits(&client, &token).await.len();
+
+    let body = json!({"from": account(1), "amount": rub("10000.00"), "term_months": 6});
+    let (status, opened) = client
+        .post_idempotent("/v1/deposits", &token, "d1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{opened}");
+    assert_eq!(opened["rate"], "13.5");
+    assert_eq!(opened["amount"], rub("10000.00"));
+    let id = opened["id"].as_str().unwrap().to_owned();
+    // A retry with the same key: the same deposit, no second transfer.
+    let (status, again) = client
+        .post_idempotent("/v1/deposits", &token, "d1", body)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again, opened);
+
+    eventually("the deposit is in the products", WAIT, || async {
+        deposits(&client, &token)
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id.as_str() && d["balance"] == rub("10000.00"))
+    })
+    .await;
+    let deposit = deposits(&client, &token)
+        .await
+        .into_iter()
+        .find(|d| d["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(deposit["interest_expected"], opened["interest_expected"]);
+    assert_eq!(deposit["ends"], opened["ends"]);
+    assert_eq!(deposits(&client, &token).await.len(), deposits_before + 1);
+    eventually("the account dropped by the amount", WAIT, || async {
+        let now = minor(&rub(&account_balance(&client, &token, &account(1)).await));
+        (now == before - 1_000_000).then_some(())
+    })
+    .await;
+    // The same key with another body: a conflict, nothing moves.
+    let (status, problem) = client
+        .post_idempotent(
+            "/v1/deposits",
+            &token,
+            "d1",
+            json!({"from": account(1), "amount": rub("20000.00"), "term_months": 6}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    assert_eq!(
+        minor(&rub(&account_balance(&client, &token, &account(1)).await)),
+        before - 1_000_000
+    );
+}
+
+#[tokio::test]
+async fn refused_deposits_change_nothing() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let balance = account_balance(&client, &token, &account(1)).await;
+    let count = deposits(&client, &token).await.len();
+    let cases = [
+        (
+            json!({"from": account(2), "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": "nope", "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": "k000001", "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("1000.00"), "term_months": 5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("0.00"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("-5.00"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("999.99"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": {"amount": "1000.00", "currency": "USD"}, "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("1000.00")}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("999999999.00"), "term_months": 12}),
+            422,
+            "insufficient_funds",
+        ),
+    ];
+    for (n, (body, status, code)) in cases.into_iter().enumerate() {
+        let (got, problem) = client
+            .post_idempotent("/v1/deposits", &token, &format!("r{n}"), body.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {problem}"
+        );
+    }
+    let (status, problem) = client
+        .post(
+            "/v1/deposits",
+            Some(&token),
+            json!({"from": account(1), "amount": rub("1000.00"), "term_months": 3}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    assert_eq!(account_balance(&client, &token, &account(1)).await, balance);
+    assert_eq!(deposits(&client, &token).await.len(), count);
+}

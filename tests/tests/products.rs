@@ -1,8 +1,9 @@
 //! End-to-end products with the real binary (embedded: SQLite, in-process bus, the reference
 //! ABS in-process; one cluster test on NATS + PostgreSQL): a loan's annuity schedule and the
 //! next payment `GET /v1/products` shows from it, a deposit's interest, card block/unblock
-//! through the ABS (`abs.cmd.card.*`) seen by the state, the feed and payments, and refusals
-//! for products that are not the caller's.
+//! through the ABS (`abs.cmd.card.*`) seen by the state, the feed and payments, card daily
+//! limits enforced on card payments, opening a deposit from an account (once per key, the
+//! money moved once; also across two cluster nodes), and refusals that change nothing.
 
 use std::time::Duration;
 
@@ -758,4 +759,63 @@ async fn refused_deposits_change_nothing() {
     );
     assert_eq!(account_balance(&client, &token, &account(1)).await, balance);
     assert_eq!(deposits(&client, &token).await.len(), count);
+}
+
+#[tokio::test]
+async fn a_deposit_opened_through_one_node_is_seen_on_another_in_a_cluster() {
+    let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
+    let db = PgDatabase::create().await.expect("PostgreSQL");
+    let sms = tests::SmsGateway::start().await.expect("local SMS gateway");
+    let mut nodes = vec![];
+    for i in 0..2 {
+        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("n{i}"), &sms.url);
+        nodes.push(
+            ArbatProcess::start(spec)
+                .await
+                .expect("cluster node starts"),
+        );
+    }
+    eventually(
+        "both nodes own partitions",
+        Duration::from_secs(30),
+        || async {
+            for node in &nodes {
+                if node.partitions().await.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let (a, b) = (nodes[0].client(), nodes[1].client());
+    let token_a = a.login(8).await.unwrap();
+    let token_b = b.login(8).await.unwrap();
+    let before = minor(&rub(&account_balance(&b, &token_b, &account(8)).await));
+
+    let body = json!({"from": account(8), "amount": rub("5000.00"), "term_months": 12});
+    let (status, opened) = a
+        .post_idempotent("/v1/deposits", &token_a, "d1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{opened}");
+    // The same key through the other node: the same deposit.
+    let (status, again) = b
+        .post_idempotent("/v1/deposits", &token_b, "d1", body)
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &opened));
+    let id = opened["id"].as_str().unwrap().to_owned();
+    eventually("node b shows the funded deposit", WAIT, || async {
+        deposits(&b, &token_b)
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id.as_str() && d["balance"] == rub("5000.00"))
+    })
+    .await;
+    eventually("the account dropped once", WAIT, || async {
+        let now = minor(&rub(&account_balance(&b, &token_b, &account(8)).await));
+        (now == before - 500_000).then_some(())
+    })
+    .await;
 }

@@ -1,5 +1,5 @@
 //! End-to-end products with the real binary (embedded: SQLite, in-process bus, the reference
-//! ABS in-process; one cluster test on NATS + PostgreSQL): a loan's annuity schedule and the
+//! ABS in-process; two cluster tests on NATS + PostgreSQL): a loan's annuity schedule and the
 //! next payment `GET /v1/products` shows from it, a deposit's interest, card block/unblock
 //! through the ABS (`abs.cmd.card.*`) seen by the state, the feed and payments, card daily
 //! limits enforced on card payments, opening a deposit from an account (once per key, the

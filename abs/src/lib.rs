@@ -16,7 +16,9 @@
 //!   on `abs.rates`; every node's ABS follows, `Abs::follow_rates`).
 //! - [`holds`]: `abs.cmd.hold.authorize` / `capture` / `release` (card processing), persisted
 //!   by the store; a capture is published like a payment.
-//! - [`products`]: `abs.cmd.card.block` / `unblock`: a card's status in the store, published
+//! - `deposits`: `abs.cmd.deposit.open`, a deposit product and its funding transfer in one
+//!   store transaction.
+//! - [`products`]: `abs.cmd.card.block` / `unblock` / `limits`: a card's status in the store, published
 //!   as `product_changed`.
 //! - [`quotes`]: HMAC-signed quotes (a rate promised to one customer for a short time),
 //!   honoured by `abs.cmd.payment` when a conversion carries one.
@@ -37,6 +39,7 @@ use serde_json::{Value, json};
 
 pub mod cards;
 pub mod demo;
+mod deposits;
 pub mod holds;
 pub mod ledger;
 mod payments;
@@ -120,6 +123,8 @@ enum Command {
     Payment,
     Hold(holds::HoldOp),
     Card(products::CardOp),
+    CardLimits,
+    DepositOpen,
 }
 
 /// How often a node re-reads the stored rates (a safety net for a lost `abs.rates` message).
@@ -419,11 +424,22 @@ impl Abs {
                 .await?;
             cards.push(subscription.map(move |m| (Command::Card(op), m)));
         }
+        let card_limits = bus
+            .queue_subscribe(&subjects::abs_command("card.limits"), "abs")
+            .await?
+            .map(|m| (Command::CardLimits, m));
+        let deposit_open = bus
+            .queue_subscribe(&subjects::abs_command("deposit.open"), "abs")
+            .await?
+            .map(|m| (Command::DepositOpen, m));
         let mut requests = futures::stream::select(
             futures::stream::select(customers, payments),
             futures::stream::select(
                 futures::stream::select_all(holds),
-                futures::stream::select_all(cards),
+                futures::stream::select(
+                    futures::stream::select_all(cards),
+                    futures::stream::select(card_limits, deposit_open),
+                ),
             ),
         );
         let limit = Arc::new(tokio::sync::Semaphore::new(COMMAND_CONCURRENCY));
@@ -440,6 +456,8 @@ impl Abs {
                     Command::Customer => abs.answer_customer_get(&message.payload).await,
                     Command::Hold(op) => abs.answer_hold(op, &message.payload).await,
                     Command::Card(op) => abs.answer_card(op, &message.payload).await,
+                    Command::CardLimits => abs.answer_card_limits(&message.payload).await,
+                    Command::DepositOpen => abs.answer_deposit_open(&message.payload).await,
                 };
                 let _ = bus.publish(&reply, Bytes::from(answer.to_string())).await;
                 drop(permit);

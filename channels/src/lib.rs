@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use kernel::bus::Bus;
 use kernel::change::ChangeSink;
 use kernel::store::Store;
@@ -51,6 +51,7 @@ pub mod access;
 mod auth;
 mod autopayments;
 mod backoffice;
+mod deposits;
 mod guard;
 mod hub;
 mod manager;
@@ -215,6 +216,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/loans/{id}/schedule", get(products::loan_schedule))
         .route("/v1/cards/{id}/block", post(products::block_card))
         .route("/v1/cards/{id}/unblock", post(products::unblock_card))
+        .route("/v1/cards/{id}/limits", put(products::set_card_limits))
+        .route("/v1/deposits", post(deposits::open_deposit))
         .route("/v1/accounts/{id}/transactions", get(rest::transactions))
         .route("/v1/feed", get(rest::feed))
         .route("/v1/feed/read", post(rest::feed_read))

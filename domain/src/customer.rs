@@ -252,6 +252,7 @@ impl CustomerState {
                 product_id,
                 status,
                 title,
+                daily_limit,
             } => {
                 let Some(product) = self.products.get(product_id) else {
                     return Err(Rejection::UnknownProduct(product_id.clone()));
@@ -269,6 +270,31 @@ impl CustomerState {
                 if let Some(title) = title {
                     data.insert("title".into(), json!(title));
                 }
+                if let Some(daily_limit) = daily_limit {
+                    data.insert("daily_limit".into(), json!(daily_limit));
+                }
+            }
+            ChangeBody::ProductOpened {
+                product_id,
+                product_kind,
+                title,
+                status,
+                balance,
+                details,
+            } => {
+                if ProductKind::parse(product_kind).is_none() {
+                    return Err(Rejection::UnknownProduct(product_id.clone()));
+                }
+                // A product the state already holds (a republished change) records nothing.
+                if self.products.contains_key(product_id) {
+                    return Ok(vec![]);
+                }
+                data.insert("product_id".into(), json!(product_id));
+                data.insert("product_kind".into(), json!(product_kind));
+                data.insert("title".into(), json!(title));
+                data.insert("status".into(), json!(status));
+                data.insert("balance".into(), json!(balance));
+                data.insert("details".into(), Value::Object(details.clone()));
             }
             ChangeBody::Notification {
                 request_id,
@@ -405,6 +431,34 @@ impl CustomerState {
             "payment_status" => self.apply_payment(event),
             "template_saved" | "template_deleted" => self.apply_template(event),
             "autopayment_saved" | "autopayment_deleted" => self.apply_autopayment(event),
+            "product_opened" => {
+                let kind = text("product_kind").and_then(|k| ProductKind::parse(&k));
+                let balance = event
+                    .data
+                    .get("balance")
+                    .and_then(|v| serde_json::from_value::<Money>(v.clone()).ok());
+                if let (Some(id), Some(kind)) = (text("product_id"), kind)
+                    && !self.products.contains_key(&id)
+                {
+                    let details = event
+                        .data
+                        .get("details")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default();
+                    self.products.insert(
+                        id.clone(),
+                        Product {
+                            id,
+                            kind,
+                            title: text("title").unwrap_or_default(),
+                            status: text("status").unwrap_or_default(),
+                            balance,
+                            details,
+                        },
+                    );
+                }
+            }
             "product_changed" => {
                 if let Some(product) = text("product_id").and_then(|id| self.products.get_mut(&id))
                 {
@@ -413,6 +467,11 @@ impl CustomerState {
                     }
                     if let Some(title) = text("title") {
                         product.title = title;
+                    }
+                    if let Some(daily_limit) = event.data.get("daily_limit") {
+                        product
+                            .details
+                            .insert("daily_limit".into(), daily_limit.clone());
                     }
                 }
             }

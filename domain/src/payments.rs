@@ -231,6 +231,21 @@ fn spent_key(at: OffsetDateTime, operation: &str, money: &Money) -> String {
     format!("{}/{operation}/{}", day(at), money.currency)
 }
 
+/// The day's totals key under which payments from a product (a card) are summed for its own
+/// daily limit. The `:` keeps it apart from operation ids, which never contain one.
+fn card_spent_operation(from: &str) -> String {
+    format!("from:{from}")
+}
+
+/// A card's daily spending limit as the ABS set it (`daily_limit` in its details); `None` for
+/// other products and cards without one.
+pub fn card_daily_limit(product: &crate::customer::Product) -> Option<Money> {
+    if product.kind != ProductKind::Card {
+        return None;
+    }
+    serde_json::from_value(product.details.get("daily_limit")?.clone()).ok()
+}
+
 impl CustomerState {
     /// Checks a payment order against the state: idempotency, the paying product, currency,
     /// the balance as last known (the ABS has the final word), and the limits.
@@ -326,6 +341,13 @@ impl CustomerState {
         {
             return Err(PaymentRejection::LimitExceeded(format!(
                 "at most {max} a day in all"
+            )));
+        }
+        if let Some(max) = card_daily_limit(product).filter(|l| l.currency == amount.currency)
+            && spent(&card_spent_operation(&order.from)).saturating_add(amount.minor) > max.minor
+        {
+            return Err(PaymentRejection::LimitExceeded(format!(
+                "at most {max} a day from this card"
             )));
         }
         let overdraft = account
@@ -445,7 +467,8 @@ impl CustomerState {
             // Only today's totals matter; older days are dropped as the days go by.
             let today = day(event.at);
             self.spent.retain(|key, _| key.starts_with(&today));
-            for op in [operation.as_str(), "*"] {
+            let card = card_spent_operation(&text("from").unwrap_or_default());
+            for op in [operation.as_str(), "*", card.as_str()] {
                 *self
                     .spent
                     .entry(spent_key(event.at, op, &amount))
@@ -570,6 +593,102 @@ mod tests {
             data: draft.data,
         };
         state.apply(&event);
+    }
+
+    /// A card with a daily limit: each case pays `amount` after the day's earlier payments
+    /// from the card (`spent_before`, completed) and expects proceed or `limit_exceeded`.
+    #[test]
+    fn a_card_pays_up_to_what_is_left_of_its_daily_limit() {
+        let day = OffsetDateTime::UNIX_EPOCH;
+        let next_day = day + time::Duration::days(1);
+        // (spent before today, amount now, limit, day of the payment, allowed)
+        type Case = (
+            &'static [i64],
+            i64,
+            Option<(i64, Currency)>,
+            OffsetDateTime,
+            bool,
+        );
+        let cases: [Case; 8] = [
+            (&[], 100_000, Some((100_000, Currency::RUB)), day, true),
+            (&[], 100_001, Some((100_000, Currency::RUB)), day, false),
+            (&[60_000], 40_000, Some((100_000, Currency::RUB)), day, true),
+            (
+                &[60_000],
+                40_001,
+                Some((100_000, Currency::RUB)),
+                day,
+                false,
+            ),
+            (
+                &[60_000, 40_000],
+                1,
+                Some((100_000, Currency::RUB)),
+                day,
+                false,
+            ),
+            // Yesterday's spending does not count today.
+            (
+                &[100_000],
+                100_000,
+                Some((100_000, Currency::RUB)),
+                next_day,
+                true,
+            ),
+            // No limit set; a limit in another currency does not apply.
+            (&[], 9_000_000, None, day, true),
+            (&[], 9_000_000, Some((1, Currency::USD)), day, true),
+        ];
+        for (n, (before, amount, limit, at, allowed)) in cases.into_iter().enumerate() {
+            let mut state = state();
+            let mut details = Map::new();
+            details.insert("account_id".into(), json!("a1"));
+            if let Some((minor, currency)) = limit {
+                details.insert("daily_limit".into(), json!(Money::new(minor, currency)));
+            }
+            state.products.insert(
+                "k1".into(),
+                Product {
+                    id: "k1".into(),
+                    kind: ProductKind::Card,
+                    title: "card".into(),
+                    status: "active".into(),
+                    balance: None,
+                    details,
+                },
+            );
+            let from_card = |id: String, minor: i64| PaymentOrder {
+                from: "k1".into(),
+                limits: Limits::default(),
+                ..order(&id, minor, phone("+79990000002"), false)
+            };
+            for (i, minor) in before.iter().enumerate() {
+                let earlier = from_card(format!("e{i}"), *minor);
+                fold(
+                    &mut state,
+                    CustomerState::payment_event(&earlier, "completed", day, None, None, None),
+                );
+            }
+            // Payments from the card's account itself are not the card's spending.
+            let from_account = PaymentOrder {
+                from: "a1".into(),
+                ..from_card("acc".into(), amount)
+            };
+            assert_eq!(
+                state.check_payment(&from_account, at),
+                Ok(PaymentCheck::Proceed),
+                "case {n}"
+            );
+            let result = state.check_payment(&from_card("now".into(), amount), at);
+            if allowed {
+                assert_eq!(result, Ok(PaymentCheck::Proceed), "case {n}");
+            } else {
+                assert!(
+                    matches!(&result, Err(e) if e.code() == "limit_exceeded"),
+                    "case {n}: {result:?}"
+                );
+            }
+        }
     }
 
     #[test]

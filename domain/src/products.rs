@@ -348,6 +348,103 @@ pub fn annotate(products: &mut Value, today: Date) {
     }
 }
 
+/// Deposit rates per term (months → annual percent): the reference bank's documented offer.
+pub const DEPOSIT_RATES: [(u32, &str); 3] = [(3, "14.0"), (6, "13.5"), (12, "12.5")];
+/// The smallest deposit, in minor units of its account's currency (1 000.00).
+pub const MIN_DEPOSIT_MINOR: i64 = 100_000;
+
+/// Why a deposit cannot be opened as asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NewDepositError {
+    #[error("term_months must be 3, 6 or 12")]
+    Term,
+    #[error("amount must be positive")]
+    NotPositive,
+    #[error("amount must be at least 1000.00")]
+    BelowMinimum,
+    #[error("amount must be in the account's currency")]
+    Currency,
+}
+
+impl NewDepositError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            NewDepositError::Term => "term_months",
+            _ => "amount",
+        }
+    }
+}
+
+/// A new deposit's terms: `amount` from an account in `account_currency` for `term_months`
+/// (3, 6 or 12, at the rate of [`DEPOSIT_RATES`]), opened on `opened`, ending `term_months`
+/// later (the same day, or the month's last).
+pub fn new_deposit_terms(
+    amount: Money,
+    term_months: u32,
+    account_currency: kernel::Currency,
+    opened: Date,
+) -> Result<DepositTerms, NewDepositError> {
+    let rate = DEPOSIT_RATES
+        .iter()
+        .find(|(term, _)| *term == term_months)
+        .map(|(_, rate)| *rate)
+        .ok_or(NewDepositError::Term)?;
+    if amount.minor <= 0 {
+        return Err(NewDepositError::NotPositive);
+    }
+    if amount.currency != account_currency {
+        return Err(NewDepositError::Currency);
+    }
+    if amount.minor < MIN_DEPOSIT_MINOR {
+        return Err(NewDepositError::BelowMinimum);
+    }
+    Ok(DepositTerms {
+        principal: amount,
+        rate_bp: parse_rate_bp(rate).map_err(|_| NewDepositError::Term)?,
+        opened,
+        ends: add_months(opened, term_months).ok_or(NewDepositError::Term)?,
+    })
+}
+
+/// A date as `YYYY-MM-DD`.
+pub fn iso(date: Date) -> String {
+    iso_date(date)
+}
+
+/// The largest daily limit a card may have, in minor units of its account's currency
+/// (1 000 000.00 RUB).
+pub const MAX_CARD_DAILY_LIMIT_MINOR: i64 = 100_000_000;
+
+/// Why a card's daily limit is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DailyLimitError {
+    #[error("the limit must be positive")]
+    NotPositive,
+    #[error("the limit must be at most 1000000.00 in the card's currency")]
+    TooLarge,
+    #[error("the limit must be in the card's account currency")]
+    Currency,
+}
+
+/// Checks a card's new daily limit against its account's currency: positive, in that
+/// currency, at most [`MAX_CARD_DAILY_LIMIT_MINOR`].
+pub fn check_card_daily_limit(
+    limit: Money,
+    account_currency: kernel::Currency,
+) -> Result<(), DailyLimitError> {
+    if limit.currency != account_currency {
+        return Err(DailyLimitError::Currency);
+    }
+    if limit.minor <= 0 {
+        return Err(DailyLimitError::NotPositive);
+    }
+    if limit.minor > MAX_CARD_DAILY_LIMIT_MINOR {
+        return Err(DailyLimitError::TooLarge);
+    }
+    Ok(())
+}
+
 /// The `security_alert` a card's block raises (an unblock and other products say nothing).
 /// The ABS publishes a status only when it changes, so each block alerts once; the state's
 /// own status is not consulted because an actor activated after the ABS's write already

@@ -132,6 +132,9 @@ fn postings_move_balances_and_history_and_replay_rebuilds_the_same_state() {
         change(
             json!({"id": "p1", "kind": "product_changed", "product_id": "k1", "status": "blocked"}),
         ),
+        change(
+            json!({"id": "p2", "kind": "product_changed", "product_id": "k1", "daily_limit": {"amount": "500.00", "currency": "RUB"}}),
+        ),
     ];
     let mut journal = vec![];
     for c in &changes {
@@ -141,12 +144,17 @@ fn postings_move_balances_and_history_and_replay_rebuilds_the_same_state() {
             journal.push(event);
         }
     }
-    assert_eq!(state.version, 4);
+    assert_eq!(state.version, 5);
     assert_eq!(
         state.products["a1"].balance,
         Some(Money::new(97_550, Currency::RUB))
     );
     assert_eq!(state.products["k1"].status, "blocked");
+    // A limit change keeps the status and lands in the card's details (`GET /v1/products`).
+    assert_eq!(
+        state.products["k1"].details["daily_limit"],
+        json!({"amount": "500.00", "currency": "RUB"})
+    );
     assert_eq!(state.recent["a1"].len(), 2);
 
     let mut rebuilt = CustomerState::new(profile());

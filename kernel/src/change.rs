@@ -42,6 +42,20 @@ pub enum ChangeBody {
         status: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         title: Option<String>,
+        /// A card's new daily spending limit (`PUT /v1/cards/{id}/limits`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        daily_limit: Option<Money>,
+    },
+    /// A product the ABS opened for the customer (a deposit opened from an account).
+    ProductOpened {
+        product_id: String,
+        /// `account`, `card`, `deposit` or `loan`.
+        product_kind: String,
+        title: String,
+        status: String,
+        balance: Money,
+        #[serde(default)]
+        details: serde_json::Map<String, serde_json::Value>,
     },
     /// The outcome of a notification sent to the customer (from the notifier), or a message
     /// the bank wants in the customer's feed.
@@ -62,10 +76,11 @@ pub enum ChangeBody {
 
 impl ChangeBody {
     /// Every kind the platform understands; a change of another kind is `unknown_change_kind`.
-    pub const KINDS: [&'static str; 4] = [
+    pub const KINDS: [&'static str; 5] = [
         "transaction_posted",
         "balance_changed",
         "product_changed",
+        "product_opened",
         "notification",
     ];
 
@@ -74,6 +89,7 @@ impl ChangeBody {
             ChangeBody::TransactionPosted { .. } => "transaction_posted",
             ChangeBody::BalanceChanged { .. } => "balance_changed",
             ChangeBody::ProductChanged { .. } => "product_changed",
+            ChangeBody::ProductOpened { .. } => "product_opened",
             ChangeBody::Notification { .. } => "notification",
         }
     }
@@ -173,6 +189,9 @@ mod tests {
             ),
             format!(r#"{{"kind":"balance_changed","account_id":"a","balance":{money}}}"#),
             r#"{"kind":"product_changed","product_id":"k"}"#.to_string(),
+            format!(
+                r#"{{"kind":"product_opened","product_id":"d","product_kind":"deposit","title":"t","status":"active","balance":{money}}}"#
+            ),
             r#"{"kind":"notification","request_id":"r","about":"transaction","status":"accepted"}"#
                 .to_string(),
         ];

@@ -583,6 +583,22 @@ pub trait AbsStore: Send + Sync + 'static {
     async fn abs_ledger_sums(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Sets a product's status (`active`, `blocked`, `closed`).
     async fn abs_set_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+    /// Opens `product` (balance zero) and applies `transfer` (which funds it) in one
+    /// transaction: both or neither. A product id already held answers the transfer's first
+    /// result (`duplicate`), or `Refused("idempotency_conflict")` when that product is
+    /// another customer's or its transfer is another. Refusals as for `abs_transfer`.
+    async fn abs_open_product(
+        &self,
+        product: &AbsProduct,
+        transfer: &AbsTransfer,
+    ) -> Result<AbsTransferResult, StoreError>;
+    /// Replaces a product's details (kind-specific fields, e.g. a card's `daily_limit`);
+    /// `NotFound` for an unknown product.
+    async fn abs_set_details(
+        &self,
+        id: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), StoreError>;
     /// Reserves money: refused (`Refused`) with `insufficient_funds` when the available
     /// balance (balance less active holds) would fall below the floor, `account_closed`,
     /// `idempotency_conflict` (the id was used for another account or amount); `NotFound`

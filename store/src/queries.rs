@@ -1232,6 +1232,59 @@ pub(crate) async fn abs_set_status(c: &mut Conn, id: &str, status: &str) -> Resu
     Ok(())
 }
 
+pub(crate) async fn abs_open_product(
+    c: &mut Conn,
+    product: &AbsProduct,
+    transfer: &AbsTransfer,
+) -> Result<AbsTransferResult, StoreError> {
+    if let Some(held) = abs_account(c, &product.id).await? {
+        if held.customer_id != product.customer_id {
+            return Err(StoreError::Refused("idempotency_conflict"));
+        }
+        let fingerprint = transfer_fingerprint(transfer);
+        return match abs_transfer_result(c, &transfer.id).await? {
+            Some((first, result)) if first == fingerprint => Ok(result),
+            _ => Err(StoreError::Refused("idempotency_conflict")),
+        };
+    }
+    sqlx::query(
+        "INSERT INTO abs_products
+             (id, customer_id, ord, kind, title, status, currency, balance_minor, details)
+         VALUES ($1, $2,
+                 (SELECT COALESCE(MAX(ord), 0) + 1 FROM abs_products WHERE customer_id = $2),
+                 $3, $4, $5, $6, 0, $7)",
+    )
+    .bind(&product.id)
+    .bind(product.customer_id.as_str())
+    .bind(&product.kind)
+    .bind(&product.title)
+    .bind(&product.status)
+    .bind(&product.currency)
+    .bind(product.details.to_string())
+    .execute(&mut *c)
+    .await
+    .map_err(db_err)?;
+    abs_transfer(c, transfer).await
+}
+
+pub(crate) async fn abs_set_details(
+    c: &mut Conn,
+    id: &str,
+    details: &str,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query("UPDATE abs_products SET details = $2 WHERE id = $1")
+        .bind(id)
+        .bind(details)
+        .execute(&mut *c)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
 /// What identifies a transfer's content, so a reused id with other legs is refused.
 fn transfer_fingerprint(transfer: &AbsTransfer) -> String {
     transfer

@@ -688,4 +688,30 @@ impl kernel::store::AbsStore for Backend {
         self.write(move |c| Box::pin(async move { queries::abs_set_status(c, &id, &status).await }))
             .await
     }
+
+    async fn abs_open_product(
+        &self,
+        product: &kernel::store::AbsProduct,
+        transfer: &kernel::store::AbsTransfer,
+    ) -> Result<kernel::store::AbsTransferResult, kernel::store::StoreError> {
+        let product = product.clone();
+        let transfer = transfer.clone();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_open_product(c, &product, &transfer).await })
+        })
+        .await
+    }
+
+    async fn abs_set_details(
+        &self,
+        id: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), kernel::store::StoreError> {
+        let id = id.to_owned();
+        let details = details.to_string();
+        self.write(move |c| {
+            Box::pin(async move { queries::abs_set_details(c, &id, &details).await })
+        })
+        .await
+    }
 }

@@ -122,6 +122,7 @@ conformance!(
     abs_post_concurrent_duplicates_move_money_once,
     abs_transfer_moves_every_leg_or_none,
     abs_transfer_refusals_change_nothing,
+    abs_open_product_writes_both_or_neither,
     abs_transfer_replay_and_conflict,
     abs_transfer_concurrent_double_spend_one_wins,
     abs_transfer_random_sequences_sum_to_zero,
@@ -1379,6 +1380,59 @@ async fn abs_transfer_moves_every_leg_or_none(store: Arc<dyn Store>) {
     assert_sums_zero(&*store).await;
 }
 
+async fn abs_open_product_writes_both_or_neither(store: Arc<dyn Store>) {
+    seed_ledger(&*store).await;
+    let deposit = product("c1", "dep1", "deposit", 0);
+    let funding = |amount: i64| {
+        transfer(
+            "open-dep1",
+            vec![leg("acc1", -amount, "RUB"), leg("dep1", amount, "RUB")],
+        )
+    };
+    // Refused (more than the account holds): no product, no money moved.
+    assert_eq!(
+        store.abs_open_product(&deposit, &funding(100_01)).await,
+        Err(StoreError::Refused("insufficient_funds"))
+    );
+    assert_eq!(store.abs_account("dep1").await.unwrap(), None);
+    assert_eq!(account_balance(&*store, "acc1").await, 100_00);
+    // Opened: the product holds what left the account.
+    let first = store
+        .abs_open_product(&deposit, &funding(60_00))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(account_balance(&*store, "acc1").await, 40_00);
+    assert_eq!(
+        store
+            .abs_account("dep1")
+            .await
+            .unwrap()
+            .unwrap()
+            .balance_minor,
+        60_00
+    );
+    // Again: the first result, nothing moves; another transfer for it: a conflict.
+    let again = store
+        .abs_open_product(&deposit, &funding(60_00))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.legs, first.legs);
+    assert_eq!(
+        store.abs_open_product(&deposit, &funding(1_00)).await,
+        Err(StoreError::Refused("idempotency_conflict"))
+    );
+    // Another customer's product under that id: a conflict too.
+    let foreign = product("c2", "dep1", "deposit", 0);
+    assert_eq!(
+        store.abs_open_product(&foreign, &funding(60_00)).await,
+        Err(StoreError::Refused("idempotency_conflict"))
+    );
+    assert_eq!(account_balance(&*store, "acc1").await, 40_00);
+    assert_sums_zero(&*store).await;
+}
+
 async fn abs_transfer_refusals_change_nothing(store: Arc<dyn Store>) {
     seed_ledger(&*store).await;
     let before = all_balances(&*store).await;
@@ -1425,6 +1479,17 @@ async fn abs_transfer_refusals_change_nothing(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store.abs_set_status("missing", "closed").await,
+        Err(StoreError::NotFound)
+    );
+    // Details are replaced whole and read back as written; an unknown product is NotFound.
+    let details = serde_json::json!({"daily_limit": {"amount": "100.00", "currency": "RUB"}});
+    store.abs_set_details("acc2", &details).await.unwrap();
+    assert_eq!(
+        store.abs_account("acc2").await.unwrap().unwrap().details,
+        details
+    );
+    assert_eq!(
+        store.abs_set_details("missing", &details).await,
         Err(StoreError::NotFound)
     );
     assert_eq!(all_balances(&*store).await, before);

@@ -304,6 +304,27 @@ impl Client {
         Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A PUT with an `Idempotency-Key` (no key when `key` is empty).
+    pub async fn put_idempotent(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body);
+        if !key.is_empty() {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    }
+
     /// A posting in the reference ABS (it publishes transaction_posted + balance_changed).
     pub async fn abs_post(&self, id: &str, account: &str, amount: &str) -> anyhow::Result<Value> {
         let body = json!({"id": id, "account_id": account, "amount": {"amount": amount, "currency": "RUB"}, "description": format!("e2e {id}")});

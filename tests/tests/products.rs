@@ -1,8 +1,9 @@
 //! End-to-end products with the real binary (embedded: SQLite, in-process bus, the reference
-//! ABS in-process; one cluster test on NATS + PostgreSQL): a loan's annuity schedule and the
+//! ABS in-process; two cluster tests on NATS + PostgreSQL): a loan's annuity schedule and the
 //! next payment `GET /v1/products` shows from it, a deposit's interest, card block/unblock
-//! through the ABS (`abs.cmd.card.*`) seen by the state, the feed and payments, and refusals
-//! for products that are not the caller's.
+//! through the ABS (`abs.cmd.card.*`) seen by the state, the feed and payments, card daily
+//! limits enforced on card payments, opening a deposit from an account (once per key, the
+//! money moved once; also across two cluster nodes), and refusals that change nothing.
 
 use std::time::Duration;
 
@@ -398,4 +399,423 @@ async fn each_block_of_a_card_sends_one_security_alert_in_the_customers_language
         gateway.messages()
     );
     assert_eq!(alerts(&gateway.messages()), 2);
+}
+
+async fn card_daily_limit(client: &tests::Client, token: &str, card: &str) -> Value {
+    let (status, products) = client.get("/v1/products", Some(token)).await.unwrap();
+    assert_eq!(status, 200);
+    products["cards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == card)
+        .map(|p| p["daily_limit"].clone())
+        .unwrap()
+}
+
+async fn pay_amount_from_card(
+    client: &tests::Client,
+    token: &str,
+    card: &str,
+    key: &str,
+    amount: &str,
+) -> (u16, Value) {
+    client
+        .post_idempotent(
+            "/v1/payments",
+            token,
+            key,
+            json!({"operation": "transfer.phone", "from": card, "amount": rub(amount),
+                "fields": {"phone": "+79990000002"}}),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_card_pays_up_to_its_daily_limit_and_the_feed_shows_the_limit() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    assert_eq!(
+        card_daily_limit(&client, &token, "k000001").await,
+        Value::Null
+    );
+
+    for key in ["l1", "l1", "l2"] {
+        let (status, body) = client
+            .put_idempotent(
+                "/v1/cards/k000001/limits",
+                &token,
+                key,
+                json!({"daily": rub("100.00")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{key}: {body}");
+        assert_eq!(body, json!({"id": "k000001", "daily_limit": rub("100.00")}));
+    }
+    eventually("the limit reaches the state", WAIT, || async {
+        (card_daily_limit(&client, &token, "k000001").await == rub("100.00")).then_some(())
+    })
+    .await;
+
+    // 60 + 40 fit; one more kopeck does not, and changes nothing.
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p1", "60.00").await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (201, &json!("completed")),
+        "{paid}"
+    );
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p2", "40.00").await;
+    assert_eq!(
+        (status, &paid["status"]),
+        (201, &json!("completed")),
+        "{paid}"
+    );
+    let before = account_balance(&client, &token, &account(1)).await;
+    let (status, problem) = pay_amount_from_card(&client, &token, "k000001", "p3", "0.01").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{problem}"
+    );
+    assert_eq!(account_balance(&client, &token, &account(1)).await, before);
+    // The card's account itself is not limited by the card's limit.
+    let (status, paid) = pay_amount_from_card(&client, &token, &account(1), "p4", "1.00").await;
+    assert_eq!(status, 201, "{paid}");
+
+    // Raising the limit lets the card pay again.
+    let (status, _) = client
+        .put_idempotent(
+            "/v1/cards/k000001/limits",
+            &token,
+            "l3",
+            json!({"daily": rub("200.00")}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    eventually("the raised limit reaches the state", WAIT, || async {
+        (card_daily_limit(&client, &token, "k000001").await == rub("200.00")).then_some(())
+    })
+    .await;
+    let (status, paid) = pay_amount_from_card(&client, &token, "k000001", "p5", "0.01").await;
+    assert_eq!(status, 201, "{paid}");
+
+    // The feed has each change of the limit once despite the retried and repeated keys.
+    let feed = client.whole_feed(&token).await.unwrap();
+    let limits: Vec<&Value> = feed
+        .iter()
+        .filter(|e| e["kind"] == "product_changed" && e["product_id"] == "k000001")
+        .map(|e| &e["daily_limit"])
+        .collect();
+    assert_eq!(limits, [&rub("100.00"), &rub("200.00")], "{feed:?}");
+}
+
+#[tokio::test]
+async fn bad_or_foreign_card_limits_change_nothing() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let other = client.login(2).await.unwrap();
+    let put = |path: String, key: &'static str, body: Value| {
+        let client = &client;
+        let token = &token;
+        async move {
+            client
+                .put_idempotent(&path, token, key, body)
+                .await
+                .unwrap()
+        }
+    };
+    // Another customer's card, an unknown id, an account: 404.
+    for card in ["k000002", "nope", "a000001"] {
+        let (status, body) = put(
+            format!("/v1/cards/{card}/limits"),
+            "x1",
+            json!({"daily": rub("100.00")}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{card}"
+        );
+    }
+    // Bad bodies: 422 invalid_field on `daily`.
+    for body in [
+        json!({"daily": rub("0.00")}),
+        json!({"daily": rub("-1.00")}),
+        json!({"daily": rub("1000000.01")}),
+        json!({"daily": {"amount": "100.00", "currency": "USD"}}),
+        json!({"daily": {"amount": "1.001", "currency": "RUB"}}),
+        json!({"daily": "100"}),
+        json!({}),
+        json!({"daily": rub("100.00"), "weekly": rub("1.00")}),
+    ] {
+        let (status, problem) = put("/v1/cards/k000001/limits".into(), "x2", body.clone()).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["field"].as_str()),
+            (422, Some("invalid_field"), Some("daily")),
+            "{body}: {problem}"
+        );
+    }
+    // No key: 400.
+    let (status, problem) = put(
+        "/v1/cards/k000001/limits".into(),
+        "",
+        json!({"daily": rub("100.00")}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    // The maximum itself is accepted.
+    let (status, body) = put(
+        "/v1/cards/k000001/limits".into(),
+        "x3",
+        json!({"daily": rub("1000000.00")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Customer 2's card is still without a limit; its feed has no change of it.
+    assert_eq!(
+        card_daily_limit(&client, &other, "k000002").await,
+        Value::Null
+    );
+    let feed = client.whole_feed(&other).await.unwrap();
+    assert!(
+        !feed.iter().any(|e| e["kind"] == "product_changed"),
+        "{feed:?}"
+    );
+}
+
+async fn deposits(client: &tests::Client, token: &str) -> Vec<Value> {
+    let (status, products) = client.get("/v1/products", Some(token)).await.unwrap();
+    assert_eq!(status, 200);
+    products["deposits"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_deposit_opens_from_an_account_once_per_key_and_moves_the_money_once() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let before = minor(&rub(&account_balance(&client, &token, &account(1)).await));
+    let deposits_before = deposits(&client, &token).await.len();
+
+    let body = json!({"from": account(1), "amount": rub("10000.00"), "term_months": 6});
+    let (status, opened) = client
+        .post_idempotent("/v1/deposits", &token, "d1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{opened}");
+    assert_eq!(opened["rate"], "13.5");
+    assert_eq!(opened["amount"], rub("10000.00"));
+    let id = opened["id"].as_str().unwrap().to_owned();
+    // A retry with the same key: the same deposit, no second transfer.
+    let (status, again) = client
+        .post_idempotent("/v1/deposits", &token, "d1", body)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again, opened);
+
+    eventually("the deposit is in the products", WAIT, || async {
+        deposits(&client, &token)
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id.as_str() && d["balance"] == rub("10000.00"))
+    })
+    .await;
+    let deposit = deposits(&client, &token)
+        .await
+        .into_iter()
+        .find(|d| d["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(deposit["interest_expected"], opened["interest_expected"]);
+    assert_eq!(deposit["ends"], opened["ends"]);
+    assert_eq!(deposits(&client, &token).await.len(), deposits_before + 1);
+    eventually("the account dropped by the amount", WAIT, || async {
+        let now = minor(&rub(&account_balance(&client, &token, &account(1)).await));
+        (now == before - 1_000_000).then_some(())
+    })
+    .await;
+    // The same key with another body: a conflict, nothing moves.
+    let (status, problem) = client
+        .post_idempotent(
+            "/v1/deposits",
+            &token,
+            "d1",
+            json!({"from": account(1), "amount": rub("20000.00"), "term_months": 6}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    assert_eq!(
+        minor(&rub(&account_balance(&client, &token, &account(1)).await)),
+        before - 1_000_000
+    );
+}
+
+#[tokio::test]
+async fn refused_deposits_change_nothing() {
+    let dir = tempdir::TempDir::new();
+    let node = ArbatProcess::start(NodeSpec::embedded(&dir.0))
+        .await
+        .expect("node starts");
+    let client = node.client();
+    let token = client.login(1).await.unwrap();
+    let balance = account_balance(&client, &token, &account(1)).await;
+    let count = deposits(&client, &token).await.len();
+    let cases = [
+        (
+            json!({"from": account(2), "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": "nope", "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": "k000001", "amount": rub("1000.00"), "term_months": 3}),
+            404,
+            "account_not_found",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("1000.00"), "term_months": 5}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("0.00"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("-5.00"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("999.99"), "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": {"amount": "1000.00", "currency": "USD"}, "term_months": 3}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("1000.00")}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"from": account(1), "amount": rub("999999999.00"), "term_months": 12}),
+            422,
+            "insufficient_funds",
+        ),
+    ];
+    for (n, (body, status, code)) in cases.into_iter().enumerate() {
+        let (got, problem) = client
+            .post_idempotent("/v1/deposits", &token, &format!("r{n}"), body.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {problem}"
+        );
+    }
+    let (status, problem) = client
+        .post(
+            "/v1/deposits",
+            Some(&token),
+            json!({"from": account(1), "amount": rub("1000.00"), "term_months": 3}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (400, Some("idempotency_key_required"))
+    );
+    assert_eq!(account_balance(&client, &token, &account(1)).await, balance);
+    assert_eq!(deposits(&client, &token).await.len(), count);
+}
+
+#[tokio::test]
+async fn a_deposit_opened_through_one_node_is_seen_on_another_in_a_cluster() {
+    let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
+    let db = PgDatabase::create().await.expect("PostgreSQL");
+    let sms = tests::SmsGateway::start().await.expect("local SMS gateway");
+    let mut nodes = vec![];
+    for i in 0..2 {
+        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("n{i}"), &sms.url);
+        nodes.push(
+            ArbatProcess::start(spec)
+                .await
+                .expect("cluster node starts"),
+        );
+    }
+    eventually(
+        "both nodes own partitions",
+        Duration::from_secs(30),
+        || async {
+            for node in &nodes {
+                if node.partitions().await.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let (a, b) = (nodes[0].client(), nodes[1].client());
+    let token_a = a.login(8).await.unwrap();
+    let token_b = b.login(8).await.unwrap();
+    let before = minor(&rub(&account_balance(&b, &token_b, &account(8)).await));
+
+    let body = json!({"from": account(8), "amount": rub("5000.00"), "term_months": 12});
+    let (status, opened) = a
+        .post_idempotent("/v1/deposits", &token_a, "d1", body.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{opened}");
+    // The same key through the other node: the same deposit.
+    let (status, again) = b
+        .post_idempotent("/v1/deposits", &token_b, "d1", body)
+        .await
+        .unwrap();
+    assert_eq!((status, &again), (201, &opened));
+    let id = opened["id"].as_str().unwrap().to_owned();
+    eventually("node b shows the funded deposit", WAIT, || async {
+        deposits(&b, &token_b)
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id.as_str() && d["balance"] == rub("5000.00"))
+    })
+    .await;
+    eventually("the account dropped once", WAIT, || async {
+        let now = minor(&rub(&account_balance(&b, &token_b, &account(8)).await));
+        (now == before - 500_000).then_some(())
+    })
+    .await;
 }

@@ -356,3 +356,61 @@ fn only_a_card_becoming_blocked_raises_a_security_alert() {
         }
     }
 }
+
+#[test]
+fn a_card_daily_limit_is_positive_bounded_and_in_the_account_currency() {
+    let usd = |minor| Money::new(minor, Currency::USD);
+    let cases = [
+        (rub(1), Currency::RUB, Ok(())),
+        (rub(MAX_CARD_DAILY_LIMIT_MINOR), Currency::RUB, Ok(())),
+        (
+            rub(MAX_CARD_DAILY_LIMIT_MINOR + 1),
+            Currency::RUB,
+            Err(DailyLimitError::TooLarge),
+        ),
+        (rub(0), Currency::RUB, Err(DailyLimitError::NotPositive)),
+        (rub(-5), Currency::RUB, Err(DailyLimitError::NotPositive)),
+        (usd(100), Currency::RUB, Err(DailyLimitError::Currency)),
+        (usd(100), Currency::USD, Ok(())),
+    ];
+    for (n, (limit, currency, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            check_card_daily_limit(limit, currency),
+            expected,
+            "case {n}"
+        );
+    }
+}
+
+#[test]
+fn a_new_deposit_has_a_documented_term_and_minimum_in_the_account_currency() {
+    let opened = date!(2026 - 01 - 31);
+    let ok = new_deposit_terms(rub(10_000_000), 3, Currency::RUB, opened).unwrap();
+    assert_eq!(ok.rate_bp, 1_400);
+    assert_eq!(ok.ends, date!(2026 - 04 - 30));
+    // 100 000.00 at 14% for 89 days: 3 413.70 (rounded half-up once).
+    assert_eq!(ok.interest_expected(), rub(341_370));
+    let twelve = new_deposit_terms(rub(100_000), 12, Currency::RUB, opened).unwrap();
+    assert_eq!(
+        (twelve.rate_bp, twelve.ends),
+        (1_250, date!(2027 - 01 - 31))
+    );
+    let usd = Money::new(100_000, Currency::USD);
+    let cases = [
+        (rub(100_000), 1, Currency::RUB, NewDepositError::Term),
+        (rub(100_000), 24, Currency::RUB, NewDepositError::Term),
+        (rub(0), 6, Currency::RUB, NewDepositError::NotPositive),
+        (rub(-1), 6, Currency::RUB, NewDepositError::NotPositive),
+        (rub(99_999), 6, Currency::RUB, NewDepositError::BelowMinimum),
+        (usd, 6, Currency::RUB, NewDepositError::Currency),
+    ];
+    for (n, (amount, term, currency, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            new_deposit_terms(amount, term, currency, opened),
+            Err(expected),
+            "case {n}"
+        );
+    }
+    assert_eq!(NewDepositError::Term.field(), "term_months");
+    assert_eq!(NewDepositError::BelowMinimum.field(), "amount");
+}

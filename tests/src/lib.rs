@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub use testkit::{NatsServer, PgDatabase, eventually, free_port};
 
+pub mod fixtures;
+
 pub const BACKOFFICE_KEY: &str = "e2e-backoffice-key-0123456789";
 pub const DEMO_PASSWORD: &str = "arbat-demo";
 

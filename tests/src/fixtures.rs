@@ -1,8 +1,58 @@
-//! Small helpers the end-to-end files share: a temporary folder removed on drop, RUB amounts
+//! Small helpers the end-to-end files share: a two-or-more-node cluster, a temporary folder
+//! removed on drop, RUB amounts
 //! as the API writes them, an account's balance, and today's UTC date.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+
+use crate::{ArbatProcess, NatsServer, NodeSpec, PgDatabase, SmsGateway, eventually};
+
+/// A cluster for one test: nats-server, a fresh PostgreSQL database, a local SMS gateway and
+/// `n` real nodes, started and owning partitions. Fields drop in order, nodes first.
+pub struct Cluster {
+    pub nodes: Vec<ArbatProcess>,
+    pub sms: SmsGateway,
+    pub db: PgDatabase,
+    pub nats: NatsServer,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Self {
+        let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
+        let db = PgDatabase::create().await.expect("PostgreSQL");
+        let sms = SmsGateway::start().await.expect("local SMS gateway");
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("n{i}"), &sms.url);
+            nodes.push(
+                ArbatProcess::start(spec)
+                    .await
+                    .expect("cluster node starts"),
+            );
+        }
+        eventually(
+            "every node owns partitions",
+            Duration::from_secs(30),
+            || async {
+                for node in &nodes {
+                    if node.partitions().await.is_empty() {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        Cluster {
+            nodes,
+            sms,
+            db,
+            nats,
+        }
+    }
+}
 
 /// A folder under the system temp dir, removed with everything in it on drop.
 pub struct TempDir(pub std::path::PathBuf);

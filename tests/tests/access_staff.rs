@@ -293,18 +293,8 @@ async fn staff_sessions_rotate_end_on_logout_and_are_revoked_by_security() {
 
 #[tokio::test]
 async fn staff_session_revocation_reaches_every_node_of_a_cluster() {
-    let nats = tests::NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
-    let db = tests::PgDatabase::create().await.expect("PostgreSQL");
-    let sms = SmsGateway::start().await.unwrap();
-    let mut nodes = vec![];
-    for i in 0..2 {
-        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("s{i}"), &sms.url);
-        nodes.push(
-            ArbatProcess::start(spec)
-                .await
-                .expect("cluster node starts"),
-        );
-    }
+    let cluster = tests::fixtures::Cluster::start(2).await;
+    let nodes = &cluster.nodes;
     staff_sessions_scenario(&nodes[0].client(), &nodes[1].client()).await;
 }
 
@@ -482,17 +472,7 @@ async fn a_staff_totp_code_works_once() {
 
 #[tokio::test]
 async fn a_staff_totp_code_works_once_across_a_cluster() {
-    let nats = tests::NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
-    let db = tests::PgDatabase::create().await.expect("PostgreSQL");
-    let sms = SmsGateway::start().await.unwrap();
-    let mut nodes = vec![];
-    for i in 0..2 {
-        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("r{i}"), &sms.url);
-        nodes.push(
-            ArbatProcess::start(spec)
-                .await
-                .expect("cluster node starts"),
-        );
-    }
+    let cluster = tests::fixtures::Cluster::start(2).await;
+    let nodes = &cluster.nodes;
     staff_code_replay_scenario(&nodes[0].client(), &nodes[1].client()).await;
 }

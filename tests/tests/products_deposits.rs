@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::fixtures::{TempDir, account_balance, minor, rub};
-use tests::{ArbatProcess, NatsServer, NodeSpec, PgDatabase, account, eventually};
+use tests::fixtures::{Cluster, TempDir, account_balance, minor, rub};
+use tests::{ArbatProcess, NodeSpec, account, eventually};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -175,31 +175,8 @@ async fn refused_deposits_change_nothing() {
 
 #[tokio::test]
 async fn a_deposit_opened_through_one_node_is_seen_on_another_in_a_cluster() {
-    let nats = NatsServer::start().expect("nats-server 2.10+ (set ARBAT_NATS_SERVER)");
-    let db = PgDatabase::create().await.expect("PostgreSQL");
-    let sms = tests::SmsGateway::start().await.expect("local SMS gateway");
-    let mut nodes = vec![];
-    for i in 0..2 {
-        let spec = NodeSpec::cluster(&nats.url(), &db.url, &format!("n{i}"), &sms.url);
-        nodes.push(
-            ArbatProcess::start(spec)
-                .await
-                .expect("cluster node starts"),
-        );
-    }
-    eventually(
-        "both nodes own partitions",
-        Duration::from_secs(30),
-        || async {
-            for node in &nodes {
-                if node.partitions().await.is_empty() {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
+    let cluster = Cluster::start(2).await;
+    let nodes = &cluster.nodes;
     let (a, b) = (nodes[0].client(), nodes[1].client());
     let token_a = a.login(8).await.unwrap();
     let token_b = b.login(8).await.unwrap();

@@ -531,22 +531,17 @@ pub async fn run_auth(args: AuthArgs) -> anyhow::Result<AuthReport> {
         hosted.node.check_running()?;
         hosted.node.stop(Duration::from_secs(10));
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("bench-auth.md"), report.markdown())?;
-    std::fs::write(
-        args.out.join("bench-auth.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     println!("{}", report.table());
     for note in &report.notes {
         println!("- {note}");
     }
-    println!(
-        "report: {} and {}",
-        args.out.join("bench-auth.md").display(),
-        args.out.join("bench-auth.json").display()
-    );
+    crate::report::write_files(
+        &args.out,
+        "bench-auth",
+        &report.markdown(),
+        &serde_json::to_string_pretty(&report)?,
+        &[],
+    )?;
     Ok(report)
 }
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
@@ -537,22 +537,17 @@ pub async fn run_mixed(args: MixedArgs) -> anyhow::Result<MixedReport> {
         .notes
         .extend(hosting::load_note(load_at_start, cores));
     target.stop();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("bench-mixed.md"), report.markdown())?;
-    std::fs::write(
-        args.out.join("bench-mixed.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     println!("{}", report.table());
     for note in &report.notes {
         println!("- {note}");
     }
-    println!(
-        "report: {} and {}",
-        args.out.join("bench-mixed.md").display(),
-        args.out.join("bench-mixed.json").display()
-    );
+    crate::report::write_files(
+        &args.out,
+        "bench-mixed",
+        &report.markdown(),
+        &serde_json::to_string_pretty(&report)?,
+        &[],
+    )?;
     Ok(report)
 }
 

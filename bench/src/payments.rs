@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use kernel::Money;
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -404,22 +404,17 @@ pub async fn run_payments(args: PaymentsArgs) -> anyhow::Result<PaymentsReport> 
         .extend(hosting::load_note(load_at_start, cores));
     target.check_running()?;
     target.stop();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("bench-payments.md"), report.markdown())?;
-    std::fs::write(
-        args.out.join("bench-payments.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     println!("{}", report.table());
     for note in &report.notes {
         println!("- {note}");
     }
-    println!(
-        "report: {} and {}",
-        args.out.join("bench-payments.md").display(),
-        args.out.join("bench-payments.json").display()
-    );
+    crate::report::write_files(
+        &args.out,
+        "bench-payments",
+        &report.markdown(),
+        &serde_json::to_string_pretty(&report)?,
+        &[],
+    )?;
     Ok(report)
 }
 
